@@ -1,0 +1,19 @@
+"""Attacks. Every public attack is a plain function following the attack contract:
+``attack(model, inputs, labels, *, targeted=False, **hyperparameters) -> Tensor``."""
+
+from ._core import lp_norm, margin, parse_norm
+from .gradient import bim, fgm, ifgm, pgd
+from .registry import ATTACKS, AttackInfo, get_attack
+
+__all__ = [
+    "ATTACKS",
+    "AttackInfo",
+    "bim",
+    "fgm",
+    "get_attack",
+    "ifgm",
+    "lp_norm",
+    "margin",
+    "parse_norm",
+    "pgd",
+]
