@@ -2,10 +2,16 @@
 ``attack(model, inputs, labels, *, targeted=False, **hyperparameters) -> Tensor``."""
 
 from ._core import lp_norm, margin, parse_norm
+from .ddn import ANU_DEFAULTS, ANU_TARGETED_DEFAULTS, DDN_DEFAULTS, anu, ddn
 from .gradient import bim, fgm, ifgm, pgd
 from .registry import ATTACKS, AttackInfo, get_attack
 
 __all__ = [
+    "ANU_DEFAULTS",
+    "ANU_TARGETED_DEFAULTS",
+    "DDN_DEFAULTS",
+    "anu",
+    "ddn",
     "ATTACKS",
     "AttackInfo",
     "bim",

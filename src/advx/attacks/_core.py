@@ -11,13 +11,12 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from typing import Union
 
 import torch
 from torch import Tensor, nn
 
-NormLike = Union[int, float, str]
-EpsLike = Union[float, int, Tensor]
+NormLike = int | float | str
+EpsLike = float | int | Tensor
 
 INF = float("inf")
 _BOX_TOLERANCE = 1e-6
@@ -71,7 +70,9 @@ def check_inputs(inputs: Tensor, name: str = "inputs") -> None:
     if not inputs.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {inputs.dtype}")
     if inputs.dim() < 2:
-        raise ValueError(f"{name} must be a batch (N, C, H, W) or (N, D); got shape {tuple(inputs.shape)}")
+        raise ValueError(
+            f"{name} must be a batch (N, C, H, W) or (N, D); got shape {tuple(inputs.shape)}"
+        )
     if inputs.shape[0] == 0:
         raise ValueError(f"{name} is an empty batch")
     if not torch.isfinite(inputs).all():
@@ -81,7 +82,9 @@ def check_inputs(inputs: Tensor, name: str = "inputs") -> None:
         raise ValueError(f"{name} must lie in [0, 1]; got values in [{low:.4g}, {high:.4g}]")
 
 
-def check_labels(labels: Tensor, batch_size: int, num_classes: int | None, name: str = "labels") -> None:
+def check_labels(
+    labels: Tensor, batch_size: int, num_classes: int | None, name: str = "labels"
+) -> None:
     """Labels must be an integer vector of length N with classes in [0, num_classes)."""
     if not isinstance(labels, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
@@ -90,11 +93,15 @@ def check_labels(labels: Tensor, batch_size: int, num_classes: int | None, name:
     if labels.dim() != 1:
         raise ValueError(f"{name} must have shape (N,), got {tuple(labels.shape)}")
     if labels.shape[0] != batch_size:
-        raise ValueError(f"{name} has {labels.shape[0]} entries but inputs has batch size {batch_size}")
+        raise ValueError(
+            f"{name} has {labels.shape[0]} entries but inputs has batch size {batch_size}"
+        )
     if num_classes is not None and labels.numel() > 0:
         low, high = labels.min().item(), labels.max().item()
         if low < 0 or high >= num_classes:
-            raise ValueError(f"{name} must be classes in [0, {num_classes}); got values in [{low}, {high}]")
+            raise ValueError(
+                f"{name} must be classes in [0, {num_classes}); got values in [{low}, {high}]"
+            )
 
 
 def check_logits(logits: Tensor, batch_size: int) -> None:
@@ -117,7 +124,12 @@ def check_logits(logits: Tensor, batch_size: int) -> None:
 def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
     """Raise ``ValueError`` naming ``name`` unless value > 0 (or >= 0)."""
     ok = value >= 0 if allow_zero else value > 0
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not ok or math.isnan(value):
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not ok
+        or math.isnan(value)
+    ):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a number {bound}, got {value!r}")
 
@@ -149,7 +161,9 @@ def per_sample(value: EpsLike, like: Tensor, name: str = "eps", allow_zero: bool
         if out.numel() == 1:
             out = out.expand(n).clone()
         if out.numel() != n:
-            raise ValueError(f"{name} must be a float or a tensor of N={n} values; got {out.numel()}")
+            raise ValueError(
+                f"{name} must be a float or a tensor of N={n} values; got {out.numel()}"
+            )
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         out = torch.full((n,), float(value), device=like.device, dtype=like.dtype)
     else:
@@ -255,7 +269,9 @@ def project_lp_ball(delta: Tensor, radius: Tensor, p: float) -> Tensor:
         return torch.maximum(torch.minimum(delta, r), -r)
     if p == 2:
         norms = lp_norm(delta, 2)
-        factor = torch.where(norms > radius, radius / norms.clamp_min(1e-12), torch.ones_like(norms))
+        factor = torch.where(
+            norms > radius, radius / norms.clamp_min(1e-12), torch.ones_like(norms)
+        )
         return delta * view_like(factor, delta)
     if p == 1:
         return project_l1_ball(delta, radius)

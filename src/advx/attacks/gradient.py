@@ -68,7 +68,9 @@ def fgm(
     return clip_box(inputs + view_like(radius, inputs) * step).detach()
 
 
-def _random_start(inputs: Tensor, radius: Tensor, p: float, generator: torch.Generator | None) -> Tensor:
+def _random_start(
+    inputs: Tensor, radius: Tensor, p: float, generator: torch.Generator | None
+) -> Tensor:
     """A random point of the Lp ball of each sample's radius (uniform for Linf and L2)."""
     shape, kw = inputs.shape, {"device": inputs.device, "dtype": inputs.dtype}
     if p == INF:
@@ -162,7 +164,11 @@ def pgd(
     check_positive(l1_sparsity, "l1_sparsity")
     validate(model, inputs, labels)
     radius = per_sample(eps, inputs, "eps")
-    alpha = 2.5 * radius / max(steps, 1) if step_size is None else per_sample(step_size, inputs, "step_size")
+    alpha = (
+        2.5 * radius / max(steps, 1)
+        if step_size is None
+        else per_sample(step_size, inputs, "step_size")
+    )
     best = inputs.clone()
     done = torch.zeros(inputs.shape[0], dtype=torch.bool, device=inputs.device)
     with attack_mode(model):

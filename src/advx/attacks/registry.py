@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import gradient
+from .ddn import anu, ddn
 
 
 @dataclass(frozen=True)
@@ -49,3 +50,5 @@ register(AttackInfo("fgm", gradient.fgm, False, (1.0, 2.0, INF)))
 register(AttackInfo("ifgm", gradient.ifgm, False, (1.0, 2.0, INF)))
 register(AttackInfo("bim", gradient.ifgm, False, (1.0, 2.0, INF)))
 register(AttackInfo("pgd", gradient.pgd, False, (1.0, 2.0, INF)))
+register(AttackInfo("ddn", ddn, True, fixed_norm=2.0))
+register(AttackInfo("anu", anu, True, fixed_norm=2.0))

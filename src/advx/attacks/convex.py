@@ -1,0 +1,277 @@
+"""Convex-programming attacks: the Gradient-based Norm-constrained method (GNII) of
+Balda, Behboodi & Mathar, "On Generation of Adversarial Examples using Convex Programming"
+(2018), and the paper's random Bernoulli baseline.
+
+The attacks linearise a loss L around x and solve (GNII)
+
+    min_eta  L(x) + eta^T grad L(x)   s.t.  ||eta||_p <= eps,
+
+whose closed form (Proposition 2, Eq. 6) is eta = -eps * sign(g)|g|^(q-1) / ||g||_q^(q-1) with
+q the dual exponent of p (Eq. 7 for p = inf: eta = -eps * sign(g); p = 1 moves the single
+largest-|g| coordinate; p = 2 the normalised gradient). The optimal value is
+L(x) - eps * ||g||_q, so (GN) is infeasible when eps * ||g||_q < L(x) (Proposition 1, Eq. 5).
+
+* ``gn``            Algorithm 1: L the margin of Eq. (3), min_{l != k} f_k - f_l.
+* ``gn_iterative``  Algorithm 1-n: n successive linearisations with budget eps/n each, summed.
+* ``gn_simple``     Algorithm 2: L(x) approximated by the single score f_k(x).
+* ``bernoulli_noise`` / ``bernoulli``  the "Random" baseline of Section IV.
+
+The box [0, 1]. Each linearised step also satisfies 0 <= x + eta <= 1. Where the box-constrained
+linear programme has a closed form the step solves it exactly (``gn_box_step``):
+
+* p = inf: per-coordinate bounds max(-eps, -x_i) <= eta_i <= min(eps, 1 - x_i); the minimiser of
+  a separable linear objective is the bound opposite to sign(g_i), i.e. clip(x - eps sign g) - x.
+* p = 1: a fractional knapsack: coordinates sorted by |g_i| are filled up to their room in the
+  descent direction (x_i or 1 - x_i) until the L1 budget is spent (one sort per sample).
+* other p (2 included): the unconstrained Eq. (6) step followed by clipping to the box
+  (clipping only shrinks |eta_i|, so the budget still holds; the result is not the exact
+  box-constrained optimum).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from ._core import (
+    INF,
+    EpsLike,
+    NormLike,
+    attack_mode,
+    check_int,
+    clip_box,
+    flat,
+    parse_norm,
+    per_sample,
+    steepest_direction,
+    validate,
+    view_like,
+)
+from ._core import margin as margin_loss
+
+MARGINS = ("probabilities", "logits")
+_OBJECTIVES = ("margin", "score")
+
+
+# --------------------------------------------------------------------------- linearised steps
+
+
+def gn_step(grad: Tensor, eps: EpsLike, p: NormLike) -> Tensor:
+    """Closed-form solution of the linearised problem (GNII), Proposition 2, Eq. (6)/(7):
+    argmin_{||eta||_p <= eps} eta^T grad, per sample, without the box.
+
+    ``grad`` is a batch (N, ...); ``eps`` a float or an (N,) tensor; ``p`` any norm >= 1.
+    The result has ||eta||_p = eps and eta^T grad = -eps * ||grad||_q (q = p/(p-1)); a sample
+    with a zero gradient gets eta = 0. For p = 1 the single largest-|grad| coordinate moves.
+    """
+    norm = parse_norm(p, allowed=None)
+    radius = per_sample(eps, grad, "eps")
+    return -view_like(radius, grad) * steepest_direction(grad, norm)
+
+
+def _l1_box_step(g: Tensor, x: Tensor, radius: Tensor) -> Tensor:
+    """Exact argmin of g^T eta s.t. ||eta||_1 <= r, 0 <= x + eta <= 1 on (N, D) tensors:
+    the greedy fractional-knapsack solution (largest |g_i| first, each up to its room)."""
+    direction = -g.sign()
+    room = torch.where(direction > 0, 1.0 - x, x).clamp_min(0) * direction.abs()
+    order = g.abs().argsort(dim=1, descending=True)
+    room_sorted = room.gather(1, order)
+    spent_before = room_sorted.cumsum(1) - room_sorted
+    amount_sorted = torch.minimum(room_sorted, (radius[:, None] - spent_before).clamp_min(0))
+    amount = torch.zeros_like(g).scatter_(1, order, amount_sorted)
+    return direction * amount
+
+
+def gn_box_step(grad: Tensor, inputs: Tensor, eps: EpsLike, p: NormLike) -> Tensor:
+    """(GNII) with the box: argmin eta^T grad s.t. ||eta||_p <= eps and 0 <= inputs + eta <= 1.
+
+    Exact for p = inf (clip of Eq. 7, which is optimal coordinate-wise) and for p = 1 (sorted
+    fractional knapsack); for other p the Eq. (6) step is clipped to the box (feasible, not
+    optimal). Returns eta (same shape as ``inputs``), with ||eta||_p <= eps.
+    """
+    norm = parse_norm(p, allowed=None)
+    radius = per_sample(eps, inputs, "eps")
+    if norm == 1:
+        eta = _l1_box_step(flat(grad), flat(inputs), radius)
+        return eta.reshape(inputs.shape)
+    step = gn_step(grad, radius, norm)
+    return clip_box(inputs + step) - inputs
+
+
+# --------------------------------------------------------------------------- the loss L(x)
+
+
+def _scores(logits: Tensor, kind: str) -> Tensor:
+    return logits.softmax(1) if kind == "probabilities" else logits
+
+
+def _loss(scores: Tensor, labels: Tensor, targeted: bool, objective: str) -> Tensor:
+    """L per sample, to be *decreased* by the attack.
+
+    objective 'margin' (Eq. 3): untargeted f_y - max_{l != y} f_l; targeted
+    max_{j != t} f_j - f_t, which is L_t = f_k - f_t of Section III with k the current top
+    class other than t. objective 'score' (Algorithm 2): f_y untargeted, -f_t targeted.
+    """
+    if objective == "margin":
+        return margin_loss(scores, labels, targeted)
+    chosen = scores.gather(1, labels[:, None]).squeeze(1)
+    return -chosen if targeted else chosen
+
+
+def linearised_loss(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    targeted: bool = False,
+    margin: str = "probabilities",
+    objective: str = "margin",
+) -> tuple[Tensor, Tensor]:
+    """L(x) and grad_x L(x) per sample (the ingredients of Eq. 5 and Eq. 6).
+
+    ``margin='probabilities'`` uses the softmax scores f of Eq. (2)-(3); ``'logits'`` the raw
+    logits. ``objective='margin'`` is Eq. (3) (or L_t when ``targeted``); ``'score'`` is the
+    Algorithm 2 approximation L(x) ~ f_k(x). No parameter gradients are accumulated.
+    """
+    if margin not in MARGINS:
+        raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
+    if objective not in _OBJECTIVES:
+        raise ValueError(f"objective must be one of {_OBJECTIVES}, got {objective!r}")
+    x = inputs.detach().requires_grad_(True)
+    with torch.enable_grad():
+        value = _loss(_scores(model(x), margin), labels, targeted, objective)
+        (grad,) = torch.autograd.grad(value.sum(), x)
+    return value.detach(), grad.detach()
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def _prepare(model, inputs, labels, eps, norm, margin_kind) -> tuple[float, Tensor]:
+    p = parse_norm(norm, allowed=None)
+    if margin_kind not in MARGINS:
+        raise ValueError(f"margin must be one of {MARGINS}, got {margin_kind!r}")
+    validate(model, inputs, labels)
+    return p, per_sample(eps, inputs, "eps")
+
+
+def _run(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    radius: Tensor,
+    p: float,
+    steps: int,
+    targeted: bool,
+    margin_kind: str,
+    objective: str,
+) -> Tensor:
+    """``steps`` linearised box-constrained steps of budget radius/steps each, summed
+    (Algorithm 1 for steps = 1, Algorithm 1-n otherwise). By the triangle inequality the total
+    perturbation stays within radius; every iterate stays in [0, 1]."""
+    x = inputs.detach().clone()
+    step_radius = radius / steps
+    with attack_mode(model):
+        for _ in range(steps):
+            _, grad = linearised_loss(
+                model, x, labels, targeted=targeted, margin=margin_kind, objective=objective
+            )
+            x = clip_box(x + gn_box_step(grad, x, step_radius, p)).detach()
+    return x
+
+
+def gn(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    eps: EpsLike,
+    norm: NormLike = INF,
+    targeted: bool = False,
+    margin: str = "probabilities",
+) -> Tensor:
+    """Algorithm 1 of Balda et al. (2018): one closed-form solution of (GNII) (Proposition 2,
+    Eq. 6; Eq. 7 for p = inf) with L the margin of Eq. (3), L(x) = f_y(x) - max_{l != y} f_l(x)
+    (y = ``labels``, the true class; the paper's k(x) for correctly classified inputs).
+
+    ``targeted=True`` uses L_t = f_k - f_t (Section III) with k the best class other than the
+    target t = ``labels``. ``norm`` is any p >= 1: p = inf moves every pixel by eps along
+    -sign(grad), p = 1 the largest-gradient coordinate, p = 2 the normalised gradient.
+
+    ``margin='probabilities'`` (default) takes f as the softmax output, as in Eq. (2)-(3) where
+    f has unit L1 norm; ``'logits'`` uses the logits, which does not saturate on over-confident
+    models (a softmax gradient that underflows to zero gives no step). The box [0, 1] is handled
+    exactly for p in {1, inf} and by clipping otherwise (see ``gn_box_step``).
+    Returns x + eta in [0, 1] with ||eta||_p <= eps (``eps`` a float or an (N,) tensor).
+    """
+    p, radius = _prepare(model, inputs, labels, eps, norm, margin)
+    return _run(model, inputs, labels, radius, p, 1, targeted, margin, "margin")
+
+
+def gn_iterative(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    eps: EpsLike,
+    norm: NormLike = INF,
+    steps: int = 10,
+    targeted: bool = False,
+    margin: str = "probabilities",
+) -> Tensor:
+    """Algorithm 1-n of Balda et al. (2018, Section IV): ``steps`` = n successive
+    linearisations of the Eq. (3) margin, each solved in closed form (Eq. 6/7, box as in
+    ``gn_box_step``) with budget eps/n at the current iterate; the n steps are summed, so the
+    total perturbation has ||eta||_p <= eps. Other arguments as in ``gn``.
+    """
+    check_int(steps, "steps", 1)
+    p, radius = _prepare(model, inputs, labels, eps, norm, margin)
+    return _run(model, inputs, labels, radius, p, steps, targeted, margin, "margin")
+
+
+def gn_simple(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    eps: EpsLike,
+    norm: NormLike = INF,
+    targeted: bool = False,
+    margin: str = "probabilities",
+) -> Tensor:
+    """Algorithm 2 of Balda et al. (2018, Section IV): (GNII) solved once with L(x)
+    approximated by the single score f_k(x) (k = ``labels``), so only one gradient of one
+    output is needed whatever the number of classes. Targeted: L = -f_t (raise the target's
+    score). Other arguments as in ``gn``.
+    """
+    p, radius = _prepare(model, inputs, labels, eps, norm, margin)
+    return _run(model, inputs, labels, radius, p, 1, targeted, margin, "score")
+
+
+def bernoulli_noise(
+    inputs: Tensor, eps: EpsLike, *, generator: torch.Generator | None = None
+) -> Tensor:
+    """The "Random" baseline of Balda et al. (2018, Section IV): independent entries
+    +eps or -eps with probability 1/2 each, added to ``inputs`` and clipped to [0, 1]
+    (so ||eta||_inf <= eps). ``eps`` is a float or an (N,) tensor; ``generator`` makes it
+    deterministic."""
+    radius = per_sample(eps, inputs, "eps")
+    coins = torch.randint(0, 2, inputs.shape, generator=generator, device=inputs.device)
+    signs = coins.to(inputs.dtype) * 2 - 1
+    return clip_box(inputs + view_like(radius, inputs) * signs).detach()
+
+
+def bernoulli(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    eps: EpsLike,
+    targeted: bool = False,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``bernoulli_noise`` behind the attack signature (for the registry and the runner); the
+    model and labels are only validated, never used: the noise ignores them, and ``targeted``
+    is accepted for uniformity."""
+    validate(model, inputs, labels)
+    return bernoulli_noise(inputs, eps, generator=generator)
