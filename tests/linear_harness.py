@@ -31,8 +31,9 @@ class LinearClassifier(nn.Module):
         return self.linear(x.reshape(x.shape[0], -1))
 
 
-def minimal_distance(model: LinearClassifier, inputs: Tensor, labels: Tensor, p: float,
-                     targets: Tensor | None = None) -> Tensor:
+def minimal_distance(
+    model: LinearClassifier, inputs: Tensor, labels: Tensor, p: float, targets: Tensor | None = None
+) -> Tensor:
     """Exact minimal Lp distance to the decision region of another class (untargeted), or to the
     half-space where ``targets`` beats ``labels`` (pairwise boundary, used for two-class targets)."""
     w, b = model.linear.weight.detach(), model.linear.bias.detach()
@@ -40,7 +41,9 @@ def minimal_distance(model: LinearClassifier, inputs: Tensor, labels: Tensor, p:
     z = inputs.reshape(inputs.shape[0], -1) @ w.T + b
     zi = z.gather(1, labels[:, None])
     diff_w = w[labels][:, None, :] - w[None, :, :]  # (N, K, D)
-    dist = (zi - z).abs() / lp_norm(diff_w.reshape(-1, w.shape[1]), q).reshape(z.shape).clamp_min(1e-12)
+    dist = (zi - z).abs() / lp_norm(diff_w.reshape(-1, w.shape[1]), q).reshape(z.shape).clamp_min(
+        1e-12
+    )
     if targets is not None:
         return dist.gather(1, targets[:, None]).squeeze(1)
     dist = dist.scatter(1, labels[:, None], float("inf"))

@@ -17,8 +17,17 @@ from advx.attacks._core import (
 )
 
 
-@pytest.mark.parametrize("norm, expected", [(1, 1.0), (2, 2.0), ("inf", math.inf),
-                                            (float("inf"), math.inf), ("Linf", math.inf), ("2", 2.0)])
+@pytest.mark.parametrize(
+    "norm, expected",
+    [
+        (1, 1.0),
+        (2, 2.0),
+        ("inf", math.inf),
+        (float("inf"), math.inf),
+        ("Linf", math.inf),
+        ("2", 2.0),
+    ],
+)
 def test_parse_norm_accepts_common_spellings(norm, expected):
     assert parse_norm(norm) == expected
 
@@ -69,15 +78,18 @@ def test_margin_sign_convention():
     logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 1.0]])
     labels = torch.tensor([0, 0])
     assert torch.allclose(margin(logits, labels), torch.tensor([2.0, -2.0]))
-    assert torch.allclose(margin(logits, torch.tensor([1, 1]), targeted=True), torch.tensor([2.0, -1.0]))
+    assert torch.allclose(
+        margin(logits, torch.tensor([1, 1]), targeted=True), torch.tensor([2.0, -1.0])
+    )
 
 
 def test_update_best_keeps_lowest_successful_norm():
     best = torch.zeros(3, 2)
     best_norm = torch.tensor([1.0, math.inf, 0.5])
     cand = torch.ones(3, 2)
-    improved = update_best(best, best_norm, cand, torch.tensor([0.8, 2.0, 0.7]),
-                           torch.tensor([True, True, True]))
+    improved = update_best(
+        best, best_norm, cand, torch.tensor([0.8, 2.0, 0.7]), torch.tensor([True, True, True])
+    )
     assert improved.tolist() == [True, True, False]
     assert torch.allclose(best_norm, torch.tensor([0.8, 2.0, 0.5]))
 

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
+from linear_harness import ProbabilityModel, make_problem, minimal_distance
 
 from advx.attacks import fgm, ifgm, pgd
 from advx.attacks._core import lp_norm
-from linear_harness import ProbabilityModel, make_problem, minimal_distance
 
 NORMS = [1.0, 2.0, math.inf]
 
@@ -31,7 +31,9 @@ def test_fgm_on_linear_two_class_model_is_optimal(norm):
     exactly: eps slightly above the closed-form distance fools every sample, slightly below none."""
     model, x, y = make_problem(k=2)
     dist = minimal_distance(model, x, y, norm)
-    free = dist < 0.29  # box inactive: points lie in [0.3, 0.7] (binds only for a one-pixel L1 step)
+    free = (
+        dist < 0.29
+    )  # box inactive: points lie in [0.3, 0.7] (binds only for a one-pixel L1 step)
     assert free.sum() >= 6
     above = fgm(model, x, y, eps=dist * 1.01, norm=norm, loss="margin")
     below = fgm(model, x, y, eps=dist * 0.99, norm=norm, loss="margin")
@@ -44,8 +46,16 @@ def test_pgd_finds_adversarials_just_above_minimal_distance(norm):
     model, x, y = make_problem(k=3)
     dist = minimal_distance(model, x, y, norm)
     slack = 1.2 if norm == 1 else 1.05  # sparse L1 steps zig-zag between coordinates
-    adv = pgd(model, x, y, eps=dist * slack, norm=norm, steps=100, loss="margin",
-              generator=torch.Generator().manual_seed(0))
+    adv = pgd(
+        model,
+        x,
+        y,
+        eps=dist * slack,
+        norm=norm,
+        steps=100,
+        loss="margin",
+        generator=torch.Generator().manual_seed(0),
+    )
     assert (model(adv).argmax(1) != y).all()
     below = pgd(model, x, y, eps=dist * 0.95, norm=norm, steps=50, loss="margin")
     assert (model(below).argmax(1) == y).all()
