@@ -11,10 +11,14 @@ q the dual exponent of p (Eq. 7 for p = inf: eta = -eps * sign(g); p = 1 moves t
 largest-|g| coordinate; p = 2 the normalised gradient). The optimal value is
 L(x) - eps * ||g||_q, so (GN) is infeasible when eps * ||g||_q < L(x) (Proposition 1, Eq. 5).
 
-* ``gn``            Algorithm 1: L the margin of Eq. (3), min_{l != k} f_k - f_l.
+* ``gn``            Algorithm 1: L the margin of Eq. (3), min_{l != k} f_k - f_l, every piece
+                    linearised and the best kept (exact minimum of the linearised margin).
 * ``gn_iterative``  Algorithm 1-n: n successive linearisations with budget eps/n each, summed.
 * ``gn_simple``     Algorithm 2: L(x) approximated by the single score f_k(x).
 * ``bernoulli_noise`` / ``bernoulli``  the "Random" baseline of Section IV.
+
+The scores f are the logits by default (``margin='logits'``), as in the authors' reference
+implementation; ``margin='probabilities'`` uses the softmax output of Eq. (2).
 
 The box [0, 1]. Each linearised step also satisfies 0 <= x + eta <= 1. Where the box-constrained
 linear programme has a closed form the step solves it exactly (``gn_box_step``):
@@ -124,14 +128,15 @@ def linearised_loss(
     labels: Tensor,
     *,
     targeted: bool = False,
-    margin: str = "probabilities",
+    margin: str = "logits",
     objective: str = "margin",
 ) -> tuple[Tensor, Tensor]:
     """L(x) and grad_x L(x) per sample (the ingredients of Eq. 5 and Eq. 6).
 
-    ``margin='probabilities'`` uses the softmax scores f of Eq. (2)-(3); ``'logits'`` the raw
-    logits. ``objective='margin'`` is Eq. (3) (or L_t when ``targeted``); ``'score'`` is the
-    Algorithm 2 approximation L(x) ~ f_k(x). No parameter gradients are accumulated.
+    ``margin='logits'`` uses the raw logits as f, ``'probabilities'`` the softmax scores of
+    Eq. (2)-(3). ``objective='margin'`` is Eq. (3) (or L_t when ``targeted``), with the gradient
+    of its active piece; ``'score'`` is the Algorithm 2 approximation L(x) ~ f_k(x).
+    No parameter gradients are accumulated.
     """
     if margin not in MARGINS:
         raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
@@ -142,6 +147,55 @@ def linearised_loss(
         value = _loss(_scores(model(x), margin), labels, targeted, objective)
         (grad,) = torch.autograd.grad(value.sum(), x)
     return value.detach(), grad.detach()
+
+
+def class_gradients(
+    model: nn.Module, inputs: Tensor, *, margin: str = "logits"
+) -> tuple[Tensor, Tensor]:
+    """Scores f(x) (N, K) and their input gradients (N, K, *input_shape), all classes at once:
+    the batch is replicated K times, copy c backpropagates class c, so one forward and one
+    backward pass of N*K samples give every per-class gradient (memory: K times one batch).
+    ``margin`` picks logits or softmax probabilities as f."""
+    if margin not in MARGINS:
+        raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
+    n = inputs.shape[0]
+    with torch.no_grad():
+        k = model(inputs[:1]).shape[1]
+    copies = inputs.detach().repeat(k, *([1] * (inputs.dim() - 1))).requires_grad_(True)
+    with torch.enable_grad():
+        scores = _scores(model(copies), margin).reshape(k, n, k)
+        own_class = torch.diagonal(scores, dim1=0, dim2=2)  # (N, K): copy c, class c
+        (grads,) = torch.autograd.grad(own_class.sum(), copies)
+    grads = grads.reshape(k, *inputs.shape).movedim(0, 1)
+    return scores[0].detach(), grads.detach()
+
+
+def margin_pieces(scores: Tensor, grads: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The pieces of the Eq. (3) minimum: L_l = f_y - f_l (N, K), +inf at l = y, and their
+    gradients grad f_y - grad f_l (N, K, D)."""
+    n, k = scores.shape
+    values = scores.gather(1, labels[:, None]) - scores
+    values = values.scatter(1, labels[:, None], INF)
+    g = grads.reshape(n, k, -1)
+    own = g.gather(1, labels[:, None, None].expand(n, 1, g.shape[2]))
+    return values, own - g
+
+
+def _best_piece_step(
+    model: nn.Module, x: Tensor, labels: Tensor, radius: Tensor, p: float, margin_kind: str
+) -> Tensor:
+    """Exact minimiser of the linearised Eq. (3) margin min_l [L_l + eta^T grad L_l] over the
+    ball (and the box where ``gn_box_step`` is exact): min over eta and l commute, so solve
+    each piece in closed form and keep the piece with the lowest linearised value."""
+    scores, grads = class_gradients(model, x, margin=margin_kind)
+    values, piece_grads = margin_pieces(scores, grads, labels)
+    n, k, d = piece_grads.shape
+    flat_grads = piece_grads.reshape(n * k, d)
+    flat_x = flat(x).repeat_interleave(k, 0)
+    eta = gn_box_step(flat_grads, flat_x, radius.repeat_interleave(k), p)
+    predicted = values + (eta * flat_grads).sum(1).reshape(n, k)
+    best = predicted.argmin(1)
+    return eta.reshape(n, k, d)[torch.arange(n, device=x.device), best].reshape(x.shape)
 
 
 # --------------------------------------------------------------------------- attacks
@@ -173,10 +227,14 @@ def _run(
     step_radius = radius / steps
     with attack_mode(model):
         for _ in range(steps):
-            _, grad = linearised_loss(
-                model, x, labels, targeted=targeted, margin=margin_kind, objective=objective
-            )
-            x = clip_box(x + gn_box_step(grad, x, step_radius, p)).detach()
+            if objective == "margin" and not targeted:
+                eta = _best_piece_step(model, x, labels, step_radius, p, margin_kind)
+            else:
+                _, grad = linearised_loss(
+                    model, x, labels, targeted=targeted, margin=margin_kind, objective=objective
+                )
+                eta = gn_box_step(grad, x, step_radius, p)
+            x = clip_box(x + eta).detach()
     return x
 
 
@@ -188,20 +246,29 @@ def gn(
     eps: EpsLike,
     norm: NormLike = INF,
     targeted: bool = False,
-    margin: str = "probabilities",
+    margin: str = "logits",
 ) -> Tensor:
     """Algorithm 1 of Balda et al. (2018): one closed-form solution of (GNII) (Proposition 2,
-    Eq. 6; Eq. 7 for p = inf) with L the margin of Eq. (3), L(x) = f_y(x) - max_{l != y} f_l(x)
+    Eq. 6; Eq. 7 for p = inf) with L the margin of Eq. (3), L(x) = min_{l != y} f_y(x) - f_l(x)
     (y = ``labels``, the true class; the paper's k(x) for correctly classified inputs).
+
+    L is a minimum of K - 1 pieces; each piece is linearised and (GNII) is solved for each in
+    closed form, keeping the piece with the lowest linearised value L_l - eps * ||grad L_l||_q.
+    Since the minima over eta and over l commute, this is the exact minimum of the linearised
+    margin over the ball (linearising only the active piece, the gradient of L at x, is not):
+    it needs all K class gradients (one batched backward), the cost the paper attributes to
+    Algorithm 1. On a linear classifier with ``margin='logits'`` it fools exactly when eps
+    exceeds the minimal distance to the decision boundary (box permitting).
 
     ``targeted=True`` uses L_t = f_k - f_t (Section III) with k the best class other than the
     target t = ``labels``. ``norm`` is any p >= 1: p = inf moves every pixel by eps along
     -sign(grad), p = 1 the largest-gradient coordinate, p = 2 the normalised gradient.
 
-    ``margin='probabilities'`` (default) takes f as the softmax output, as in Eq. (2)-(3) where
-    f has unit L1 norm; ``'logits'`` uses the logits, which does not saturate on over-confident
-    models (a softmax gradient that underflows to zero gives no step). The box [0, 1] is handled
-    exactly for p in {1, inf} and by clipping otherwise (see ``gn_box_step``).
+    ``margin='logits'`` (default) takes f as the logits, as the authors' reference code does;
+    it does not saturate on confident models. ``'probabilities'`` takes f as the softmax output
+    (Eq. 2 reads f as having unit L1 norm); on confident models its gradients underflow in
+    float32, and coordinates whose gradient is exactly zero do not move. The box [0, 1] is
+    handled exactly for p in {1, inf} and by clipping otherwise (see ``gn_box_step``).
     Returns x + eta in [0, 1] with ||eta||_p <= eps (``eps`` a float or an (N,) tensor).
     """
     p, radius = _prepare(model, inputs, labels, eps, norm, margin)
@@ -217,12 +284,14 @@ def gn_iterative(
     norm: NormLike = INF,
     steps: int = 10,
     targeted: bool = False,
-    margin: str = "probabilities",
+    margin: str = "logits",
 ) -> Tensor:
     """Algorithm 1-n of Balda et al. (2018, Section IV): ``steps`` = n successive
-    linearisations of the Eq. (3) margin, each solved in closed form (Eq. 6/7, box as in
-    ``gn_box_step``) with budget eps/n at the current iterate; the n steps are summed, so the
-    total perturbation has ||eta||_p <= eps. Other arguments as in ``gn``.
+    linearisations of the Eq. (3) margin (all pieces, as in ``gn``; y stays the class of the
+    clean input), each solved in closed form (Eq. 6/7, box as in ``gn_box_step``) with budget
+    eps/n at the current iterate; the n steps are summed, so the total perturbation has
+    ||eta||_p <= eps. No early stop: every sample takes all n steps, as in the paper.
+    Other arguments as in ``gn``.
     """
     check_int(steps, "steps", 1)
     p, radius = _prepare(model, inputs, labels, eps, norm, margin)
@@ -237,7 +306,7 @@ def gn_simple(
     eps: EpsLike,
     norm: NormLike = INF,
     targeted: bool = False,
-    margin: str = "probabilities",
+    margin: str = "logits",
 ) -> Tensor:
     """Algorithm 2 of Balda et al. (2018, Section IV): (GNII) solved once with L(x)
     approximated by the single score f_k(x) (k = ``labels``), so only one gradient of one

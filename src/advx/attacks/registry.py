@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import gradient
+from . import convex, gradient
 from .ddn import anu, ddn
 
 
@@ -52,3 +52,7 @@ register(AttackInfo("bim", gradient.ifgm, False, (1.0, 2.0, INF)))
 register(AttackInfo("pgd", gradient.pgd, False, (1.0, 2.0, INF)))
 register(AttackInfo("ddn", ddn, True, fixed_norm=2.0))
 register(AttackInfo("anu", anu, True, fixed_norm=2.0))
+register(AttackInfo("gn", convex.gn, False, (1.0, 2.0, INF)))
+register(AttackInfo("gn-iterative", convex.gn_iterative, False, (1.0, 2.0, INF)))
+register(AttackInfo("gn-simple", convex.gn_simple, False, (1.0, 2.0, INF)))
+register(AttackInfo("bernoulli", convex.bernoulli, False, fixed_norm=INF))
