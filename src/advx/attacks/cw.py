@@ -3,6 +3,8 @@ networks", IEEE S&P 2017), in its original formulation."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -12,7 +14,6 @@ from ._core import (
     check_int,
     check_positive,
     flat,
-    is_adversarial,
     margin,
     validate,
     view_like,
@@ -35,11 +36,20 @@ def from_tanh_space(w: Tensor) -> Tensor:
     return (torch.tanh(w) + 1) / 2
 
 
-def cw_success(logits: Tensor, labels: Tensor, targeted: bool, confidence: float) -> Tensor:
-    """Adversarial with margin ``confidence`` (the ``compare`` of the reference code):
-    untargeted max_{j != y} z_j >= z_y + kappa, targeted z_t >= max_{j != t} z_j + kappa, and the
-    argmax criterion itself, so that a fresh forward pass agrees."""
-    return is_adversarial(logits, labels, targeted) & (margin(logits, labels, targeted) <= -confidence)
+def cw_success(margins: Tensor, confidence: float) -> Tensor:
+    """Adversarial with margin ``confidence`` (the ``compare`` of the reference code), from the
+    margins of ``_core.margin``: untargeted max_{j != y} z_j > z_y + kappa, targeted
+    z_t > max_{j != t} z_j + kappa. Strict, so the argmax of a fresh forward pass agrees."""
+    return margins < -confidence
+
+
+@dataclass(frozen=True)
+class _Settings:
+    targeted: bool
+    confidence: float
+    steps: int
+    lr: float
+    abort_early: bool
 
 
 class _Adam:
@@ -71,13 +81,12 @@ def _objective(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """C&W eq. for L2: ||x - x0||_2^2 + c * f(x) with f = max(margin + kappa, 0) (f_6).
 
-    Returns the per-sample loss (graph attached), the iterate x, its L2 norm and the logits."""
+    Returns the per-sample loss (graph attached), the iterate x, its L2 norm and its margin."""
     x = from_tanh_space(w)
     squared = flat(x - inputs).square().sum(1)
-    logits = model(x)
-    hinge = (margin(logits, labels, targeted) + confidence).clamp_min(0)
-    loss = squared + const * hinge
-    return loss, x.detach(), squared.detach().sqrt(), logits.detach()
+    margins = margin(model(x), labels, targeted)
+    loss = squared + const * (margins + confidence).clamp_min(0)
+    return loss, x.detach(), squared.detach().sqrt(), margins.detach()
 
 
 def _keep_best(
@@ -94,7 +103,7 @@ def _optimise_const(
     labels: Tensor,
     const: Tensor,
     best: tuple[Tensor, Tensor],
-    settings: dict,
+    settings: _Settings,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Adam on w for one value of the constant per sample (the inner loop of C&W).
 
@@ -102,22 +111,22 @@ def _optimise_const(
     any successful iterate per sample."""
     w_start = to_tanh_space(inputs)
     modifier = torch.zeros_like(inputs)
-    adam = _Adam(modifier, settings["lr"])
+    adam = _Adam(modifier, settings.lr)
     best_adv, best_norm = best
     found = torch.zeros_like(best_norm, dtype=torch.bool)
-    steps, check_every = settings["steps"], max(settings["steps"] // 10, 1)
+    steps, check_every = settings.steps, max(settings.steps // 10, 1)
     previous = None
     for step in range(steps):
         w = (w_start + modifier).requires_grad_(True)
         with torch.enable_grad():
-            loss, x, norm, logits = _objective(
-                model, w, inputs, labels, const, settings["targeted"], settings["confidence"]
+            loss, x, norm, margins = _objective(
+                model, w, inputs, labels, const, settings.targeted, settings.confidence
             )
             (grad,) = torch.autograd.grad(loss.sum(), w)
-        success = cw_success(logits, labels, settings["targeted"], settings["confidence"])
+        success = cw_success(margins, settings.confidence)
         found |= success
         best_adv, best_norm = _keep_best(best_adv, best_norm, x, norm, success)
-        if settings["abort_early"] and step % check_every == 0:
+        if settings.abort_early and step % check_every == 0:
             loss = loss.detach()
             if previous is not None and bool((loss > previous * 0.9999).all()):
                 break
@@ -165,14 +174,8 @@ def carlini_wagner_l2(
     check_positive(lr, "lr")
     clean_logits = validate(model, inputs, labels)
     inputs = inputs.detach()
-    settings = {
-        "targeted": targeted,
-        "confidence": float(confidence),
-        "steps": steps,
-        "lr": float(lr),
-        "abort_early": abort_early,
-    }
-    clean_success = cw_success(clean_logits, labels, targeted, float(confidence))
+    settings = _Settings(targeted, float(confidence), steps, float(lr), abort_early)
+    clean_success = cw_success(margin(clean_logits, labels, targeted), float(confidence))
     best_norm = torch.where(clean_success, 0.0, float("inf")).to(inputs.dtype)
     best_adv = inputs.clone()
     const = torch.full_like(best_norm, float(c_init))

@@ -48,7 +48,7 @@ def _backward_vmapped(selected: Tensor, x: Tensor) -> Tensor:
 
 
 def class_gradients(
-    model: nn.Module, x: Tensor, classes: Tensor, vectorize: bool = True
+    model: nn.Module, x: Tensor, classes: Tensor, vectorize: bool | None = None
 ) -> tuple[Tensor, Tensor]:
     """Logits and input gradients of selected logits, batched over samples and classes.
 
@@ -59,18 +59,24 @@ def class_gradients(
     the cotangents (``vectorize=True``, falling back to one backward per rank when an operator
     has no batching rule) or as one batched backward per rank (``vectorize=False``). Either
     way there is no Python loop over samples, and no loop over classes beyond the C ranks.
+    ``None`` (default) vectorises on accelerators only: on CPU the per-rank backward measured
+    about 2x faster (CIFAR-size CNN, 64 samples, 10 classes).
 
     Samples must not interact inside the model (eval mode, as ``attack_mode`` ensures), since
     the gradient of a summed logit column is taken for the whole batch at once. Parameter
     gradients are not accumulated.
     """
     if classes.dim() != 2 or classes.shape[0] != x.shape[0]:
-        raise ValueError(f"classes must have shape (N, C) with N={x.shape[0]}; got {tuple(classes.shape)}")
+        raise ValueError(
+            f"classes must have shape (N, C) with N={x.shape[0]}; got {tuple(classes.shape)}"
+        )
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x)
         selected = logits.gather(1, classes)
         grads = None
+        if vectorize is None:
+            vectorize = x.device.type != "cpu"
         if vectorize and classes.shape[1] > 1:
             try:
                 grads = _backward_vmapped(selected, x)
@@ -92,22 +98,32 @@ def candidate_classes(logits: Tensor, first: Tensor, count: int) -> Tensor:
     return torch.cat([first[:, None], others], dim=1)
 
 
+def _free_directions(w: Tensor, x: Tensor) -> Tensor:
+    """Zero the coordinates of the ascent directions w (n, C, ...) that would push a pixel of x
+    (n, ...) already on the box boundary outside [0, 1]: the step then reaches the linearised
+    boundary through the pixels that can still move instead of being clipped away."""
+    at_low, at_high = (x <= 0).unsqueeze(1), (x >= 1).unsqueeze(1)
+    return w.masked_fill((at_low & (w < 0)) | (at_high & (w > 0)), 0.0)
+
+
 def _linearised_boundaries(
-    logits: Tensor, grads: Tensor, classes: Tensor, sign: float, q: float
+    logits: Tensor, grads: Tensor, classes: Tensor, x: Tensor, sign: float, q: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """For each candidate k (columns 1..C-1 of ``classes``), the linearised function
-    f_k = sign * (z_k - z_c0) that must become >= 0, its gradient w_k, and the distance
-    |f_k| / ||w_k||_q to its zero level set (Moosavi-Dezfooli et al. 2016, eq. (8)-(9) and
-    Sec. 3.2 for general p)."""
+    f_k = sign * (z_k - z_c0) that must become >= 0, its gradient w_k restricted to the pixels
+    free to move that way, and the distance |f_k| / ||w_k||_q to its zero level set
+    (Moosavi-Dezfooli et al. 2016, eq. (8)-(9) and Sec. 3.2 for general p)."""
     z = logits.gather(1, classes)
     f = sign * (z[:, 1:] - z[:, :1])
-    w = sign * (grads[:, 1:] - grads[:, :1])
+    w = _free_directions(sign * (grads[:, 1:] - grads[:, :1]), x)
     w_norm = lp_norm(w.reshape(-1, *w.shape[2:]), q).reshape(f.shape)
     dist = torch.where(w_norm > 0, f.abs() / w_norm.clamp_min(1e-30), torch.full_like(f, INF))
     return f, w, dist
 
 
-def _deepfool_step(logits: Tensor, grads: Tensor, classes: Tensor, p: float, targeted: bool) -> Tensor:
+def _deepfool_step(
+    logits: Tensor, grads: Tensor, classes: Tensor, x: Tensor, p: float, targeted: bool
+) -> Tensor:
     """The perturbation r_i of one DeepFool iteration (Algorithm 2, eq. (10)-(11)).
 
     Untargeted: the boundary k with the smallest linearised distance
@@ -115,9 +131,10 @@ def _deepfool_step(logits: Tensor, grads: Tensor, classes: Tensor, p: float, tar
     steepest direction (w/||w||_2 for L2, sign(w) for Linf, which gives the paper's
     |f|/||w||_q^q |w|^(q-1) sign(w)). Targeted: f_j = z_t - z_j for the competitors j, and the
     step goes to the violated (f_j < 0) boundary that is farthest, until t beats them all.
+    Pixels of x on the box boundary are not pushed outwards (``_free_directions``).
     """
     q = dual_exponent(p)
-    f, w, dist = _linearised_boundaries(logits, grads, classes, -1.0 if targeted else 1.0, q)
+    f, w, dist = _linearised_boundaries(logits, grads, classes, x, -1.0 if targeted else 1.0, q)
     if targeted:
         chosen = dist.masked_fill(f >= 0, -1.0).argmax(1)
     else:
@@ -161,8 +178,9 @@ def _run_deepfool(
         if iteration == steps or not keep.any():  # the last pass only checks the final iterates
             break
         idx, logits, grads = idx[keep], logits[keep], grads[keep]
-        r_total[idx] += _deepfool_step(logits, grads, classes[idx], p, targets is not None)
-        x[idx] = clip_box(inputs[idx] + (1 + overshoot) * r_total[idx])
+        step = _deepfool_step(logits, grads, classes[idx], x[idx], p, targets is not None)
+        x[idx] = clip_box(inputs[idx] + (1 + overshoot) * (r_total[idx] + step))
+        r_total[idx] = (x[idx] - inputs[idx]) / (1 + overshoot)  # what the box let through
     return torch.where(view_like(success, x), x, inputs)
 
 
@@ -170,7 +188,9 @@ def _resolve_targets(
     labels: Tensor, target: Tensor | None, targeted: bool, num_classes: int
 ) -> Tensor | None:
     if targeted and target is not None:
-        raise ValueError("give the target classes either as labels with targeted=True or as target=")
+        raise ValueError(
+            "give the target classes either as labels with targeted=True or as target="
+        )
     if targeted:
         return labels
     if target is not None:
@@ -201,7 +221,10 @@ def deepfool(
     i.e. |f| w / ||w||_2^2 for L2 and |f| / ||w||_1 sign(w) for Linf. As in the reference
     implementation the overshoot is applied to the accumulated perturbation,
     x_{i+1} = clip_[0,1](x_0 + (1 + overshoot) * sum_j r_j), and the loop stops per sample as
-    soon as it is misclassified (at most ``steps`` iterations).
+    soon as it is misclassified (at most ``steps`` iterations). Box handling (not in the paper,
+    whose iterates are unconstrained): the accumulated perturbation is reset to what the clip let
+    through, and pixels on the box boundary are left out of the linearised step where it would
+    push them outwards; without this, images with saturated pixels (MNIST) stall against the box.
 
     Targeted mode: ``target`` an (N,) tensor of classes (or ``targeted=True`` with ``labels`` the
     targets, as in the attack contract). The step then moves to the farthest linearised boundary

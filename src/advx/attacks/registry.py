@@ -6,7 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import convex, gradient
+from .cw import carlini_wagner_l2
 from .ddn import anu, ddn
+from .deepfool import deepfool
+from .lbfgs import lbfgs
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,6 @@ register(AttackInfo("gn", convex.gn, False, (1.0, 2.0, INF)))
 register(AttackInfo("gn-iterative", convex.gn_iterative, False, (1.0, 2.0, INF)))
 register(AttackInfo("gn-simple", convex.gn_simple, False, (1.0, 2.0, INF)))
 register(AttackInfo("bernoulli", convex.bernoulli, False, fixed_norm=INF))
+register(AttackInfo("deepfool", deepfool, True, (2.0, INF)))
+register(AttackInfo("cw-l2", carlini_wagner_l2, True, fixed_norm=2.0))
+register(AttackInfo("lbfgs", lbfgs, True, fixed_norm=2.0))
