@@ -11,6 +11,7 @@ from .lbfgs import lbfgs
 from .registry import ATTACKS, AttackInfo, get_attack
 from .regression import regression_attack
 from .targets import all_targets, select_targets
+from .trust_region import trust_region, update_radius
 
 __all__ = [
     "ANU_DEFAULTS",
@@ -23,6 +24,8 @@ __all__ = [
     "deepfool",
     "lbfgs",
     "select_targets",
+    "trust_region",
+    "update_radius",
     "bernoulli",
     "bernoulli_noise",
     "gn",

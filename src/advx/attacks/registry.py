@@ -10,6 +10,7 @@ from .cw import carlini_wagner_l2
 from .ddn import anu, ddn
 from .deepfool import deepfool
 from .lbfgs import lbfgs
+from .trust_region import trust_region
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,4 @@ register(AttackInfo("bernoulli", convex.bernoulli, False, fixed_norm=INF))
 register(AttackInfo("deepfool", deepfool, True, (2.0, INF)))
 register(AttackInfo("cw-l2", carlini_wagner_l2, True, fixed_norm=2.0))
 register(AttackInfo("lbfgs", lbfgs, True, fixed_norm=2.0))
+register(AttackInfo("trust-region", trust_region, True, (2.0, INF)))

@@ -1,0 +1,256 @@
+"""Trust-region attack (Yao et al., CVPR 2019) on the linear harness, its radius rule, and the
+second-order variant on piecewise-linear and smooth toy models."""
+
+import pytest
+import torch
+from linear_harness import make_problem, minimal_distance
+from torch import nn
+
+from advx.attacks._core import INF, lp_norm
+from advx.attacks.trust_region import steihaug_cg, trust_region, update_radius
+
+NORMS = [2.0, INF]
+
+
+@pytest.mark.parametrize("k", [2, 3, 10])
+@pytest.mark.parametrize("p", NORMS)
+def test_untargeted_best_reaches_optimum_within_2_percent(k, p):
+    model, x, y = make_problem(n=16, k=k, seed=k, dtype=torch.float64)
+    adv = trust_region(model, x, y, norm=p)
+    assert (model(adv).argmax(1) != y).all()
+    ratio = lp_norm(adv - x, p) / minimal_distance(model, x, y, p)
+    assert (ratio <= 1.02 + 1e-6).all() and (ratio >= 1 - 1e-6).all()
+
+
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("how", ["target", "targeted"])
+def test_given_target_on_two_classes_reaches_optimum(p, how):
+    model, x, y = make_problem(n=16, k=2, seed=3, dtype=torch.float64)
+    t = 1 - y
+    if how == "target":
+        adv = trust_region(model, x, y, norm=p, target=t)
+    else:
+        adv = trust_region(model, x, t, norm=p, targeted=True)
+    assert (model(adv).argmax(1) == t).all()
+    ratio = lp_norm(adv - x, p) / minimal_distance(model, x, y, p, targets=t)
+    assert (ratio <= 1.02 + 1e-6).all() and (ratio >= 1 - 1e-6).all()
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_given_target_among_many_classes_wins(p):
+    model, x, y = make_problem(n=16, k=5, seed=4)
+    t = (y + 2) % 5
+    adv = trust_region(model, x, y, norm=p, target=t)
+    assert (model(adv).argmax(1) == t).all()
+    assert (lp_norm(adv - x, p) >= minimal_distance(model, x, y, p, targets=t) * 0.999).all()
+
+
+def test_hardest_target_is_no_closer_than_best():
+    model, x, y = make_problem(n=16, k=5, seed=7, dtype=torch.float64)
+    best = trust_region(model, x, y, target="best")
+    hardest = trust_region(model, x, y, target="hardest")
+    assert (model(hardest).argmax(1) != y).all()
+    assert (lp_norm(hardest - x, 2) >= lp_norm(best - x, 2) - 1e-9).all()
+
+
+def test_radius_update_rule():
+    radius = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5, 3.0, 1.0])
+    rho = torch.tensor([0.95, 0.7, 0.2, -1.0, 0.1, 2.0, float("nan")])
+    new = update_radius(radius, rho, sigma1=0.9, sigma2=0.5, eta=2.0, radius_min=0.4, radius_max=4)
+    # grow, keep, shrink, shrink, shrink clamped at the minimum, grow clamped, NaN keeps
+    assert torch.allclose(new, torch.tensor([2.0, 1.0, 0.5, 0.5, 0.4, 4.0, 1.0]))
+    assert torch.equal(radius, torch.tensor([1.0, 1.0, 1.0, 1.0, 0.5, 3.0, 1.0]))
+    per_sample_bounds = update_radius(
+        torch.tensor([1.0, 1.0]), torch.tensor([1.0, 0.0]), eta=1.5,
+        radius_min=torch.tensor([0.0, 0.9]), radius_max=torch.tensor([1.2, 9.0]),
+    )  # fmt: skip
+    assert torch.allclose(per_sample_bounds, torch.tensor([1.2, 0.9]))
+
+
+def test_fixed_radius_takes_radius_sized_steps():
+    """adaptive=False with a small radius: the linear path is cut into radius-long steps, so
+    a budget too short to cover the distance finds nothing and returns the input."""
+    model, x, y = make_problem(n=4, k=2, seed=1, dtype=torch.float64)
+    dist = minimal_distance(model, x, y, 2.0)
+    r = float(dist.max()) / 10
+    short = trust_region(model, x, y, adaptive=False, radius=r, steps=3)
+    far = dist > 3 * r * 1.02
+    assert far.any() and torch.equal(short[far], x[far])
+    long = trust_region(model, x, y, adaptive=False, radius=r, steps=12)
+    assert (model(long).argmax(1) != y).all()
+    assert (lp_norm(long - x, 2) / dist <= 1.02 + 1e-6).all()
+
+
+def _relu_mlp(d=16, k=4, seed=0, act=nn.ReLU) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(d, 32), act(), nn.Linear(32, k)).double()
+
+
+def test_outputs_in_box_inputs_untouched_model_restored():
+    model = _relu_mlp()
+    model.train()
+    x = torch.rand(8, 1, 4, 4, dtype=torch.float64)
+    x[:, :, 0] = 1.0
+    x[:, :, 1] = 0.0
+    y = model(x).argmax(1)
+    x_copy = x.clone()
+    for p in NORMS:
+        adv = trust_region(model, x, y, norm=p)
+        assert adv.min() >= 0 and adv.max() <= 1
+        assert (model(adv).argmax(1) != y).all()
+    assert torch.equal(x, x_copy)
+    assert model.training
+    assert all(q.grad is None and q.requires_grad for q in model.parameters())
+
+
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("target", ["best", "hardest"])
+def test_batch_equals_per_sample(p, target):
+    model = _relu_mlp(seed=2)
+    x = torch.rand(6, 1, 4, 4, dtype=torch.float64)
+    y = model(x).argmax(1)
+    batch = trust_region(model, x, y, norm=p, target=target)
+    single = torch.cat(
+        [trust_region(model, x[i : i + 1], y[i : i + 1], norm=p, target=target) for i in range(6)]
+    )
+    assert torch.allclose(batch, single, atol=1e-10)
+
+
+def test_returns_original_where_no_adversarial_or_already_misclassified():
+    model, x, y = make_problem(n=4, k=3)
+    wrong = (y + 1) % 3
+    assert torch.equal(trust_region(model, x, wrong), x)
+    flat_model = nn.Linear(16, 3)
+    with torch.no_grad():
+        flat_model.weight.zero_()
+        flat_model.bias.copy_(torch.tensor([2.0, 0.0, 0.0]))
+    constant = nn.Sequential(nn.Flatten(), flat_model)
+    labels = torch.zeros(4, dtype=torch.long)
+    assert torch.equal(trust_region(constant, x, labels, steps=3), x)
+    assert torch.equal(trust_region(constant, x, labels, steps=3, order=2), x)
+
+
+def test_rejects_bad_arguments():
+    model, x, y = make_problem(n=4, k=3)
+    with pytest.raises(ValueError, match="norm"):
+        trust_region(model, x, y, norm=1)
+    with pytest.raises(ValueError, match="target"):
+        trust_region(model, x, y, target="easiest")
+    with pytest.raises(ValueError, match="target"):
+        trust_region(model, x, y, target=torch.full_like(y, 7))
+    with pytest.raises(ValueError, match="target"):
+        trust_region(model, x, y, target=y, targeted=True)
+    with pytest.raises(ValueError, match="order"):
+        trust_region(model, x, y, order=3)
+    with pytest.raises(ValueError, match="order"):
+        trust_region(model, x, y, order=2, norm="inf")
+    with pytest.raises(ValueError, match="eta"):
+        trust_region(model, x, y, eta=1.0)
+    with pytest.raises(ValueError, match="radius"):
+        trust_region(model, x, y, radius=-1.0)
+    with pytest.raises(ValueError, match="candidates"):
+        trust_region(model, x, y, candidates=0)
+    with pytest.raises(ValueError, match="inputs"):
+        trust_region(model, x + 2, y)
+
+
+# --------------------------------------------------------------------------- second order
+
+
+def test_steihaug_cg_solves_the_trust_region_subproblem():
+    torch.manual_seed(0)
+    a = torch.randn(3, 5, 5, dtype=torch.float64)
+    h_pd = a @ a.transpose(1, 2) + 0.5 * torch.eye(5, dtype=torch.float64)
+    g = torch.randn(3, 5, dtype=torch.float64)
+
+    def hvp(v, h=h_pd):
+        return (h @ v.unsqueeze(2)).squeeze(2)
+
+    newton = -torch.linalg.solve(h_pd, g.unsqueeze(2)).squeeze(2)
+    big = torch.full((3,), 1e3, dtype=torch.float64)
+    s, curved = steihaug_cg(g, hvp, big, max_iter=50, tol=1e-12)
+    assert torch.allclose(s, newton, atol=1e-8) and curved.all()
+    small = newton.norm(dim=1) / 3
+    s, _ = steihaug_cg(g, hvp, small, max_iter=50)
+    assert torch.allclose(s.norm(dim=1), small)
+    assert ((s * g).sum(1) < 0).all()  # a descent step
+    h_neg = -h_pd  # negative curvature: the first CG direction runs to the boundary
+    s, _ = steihaug_cg(g, lambda v: hvp(v, h_neg), big, max_iter=50)
+    assert torch.allclose(s, -g / g.norm(dim=1, keepdim=True) * 1e3)
+
+
+@pytest.mark.parametrize("target", ["best", "hardest"])
+def test_second_order_equals_first_order_on_relu_network(target):
+    """ReLU networks are piecewise linear: every Hessian-vector product is exactly zero, so the
+    second-order attack falls back to the first-order step (Yao et al. 2019, Sec. 3)."""
+    model = _relu_mlp(seed=3)
+    x = torch.rand(8, 1, 4, 4, dtype=torch.float64)
+    y = model(x).argmax(1)
+    first = trust_region(model, x, y, target=target)
+    second = trust_region(model, x, y, target=target, order=2)
+    if target == "best":  # (the hardest class of some points is out of the box's reach)
+        assert (model(second).argmax(1) != y).all()
+    assert torch.allclose(first, second, atol=1e-12)
+    t = (y + 1) % 4
+    first = trust_region(model, x, y, target=t, steps=20)
+    second = trust_region(model, x, y, target=t, steps=20, order=2)
+    assert torch.allclose(first, second, atol=1e-12)
+
+
+class _Sphere(nn.Module):
+    """Two classes split by the sphere ||x - 0.5|| = R: z_0 = act(beta (||x - 0.5||^2 - R^2)),
+    z_1 = act(0), with act the identity (a quadratic margin) or softplus. The minimal L2
+    perturbation from a point outside is known: ||x - 0.5|| - R, straight to the centre."""
+
+    def __init__(self, radius: float = 0.3, beta: float = 4.0, softplus: bool = False):
+        super().__init__()
+        self.radius, self.beta = radius, beta
+        self.act = nn.Softplus() if softplus else nn.Identity()
+
+    def forward(self, x):
+        r2 = (x.flatten(1) - 0.5).pow(2).sum(1)
+        z0 = self.act(self.beta * (r2 - self.radius**2))
+        return torch.stack([z0, self.act(torch.zeros_like(z0))], 1)
+
+
+def _sphere_points(n: int = 16):
+    gen = torch.Generator().manual_seed(0)
+    d = torch.randn(n, 16, generator=gen, dtype=torch.float64)
+    d = d / d.norm(dim=1, keepdim=True)
+    rad = 0.5 + 0.4 * torch.rand(n, 1, generator=gen, dtype=torch.float64)
+    x = (0.5 + rad * d).clamp(0, 1).reshape(n, 1, 4, 4)
+    return x, (x.flatten(1) - 0.5).norm(dim=1) - 0.3
+
+
+@pytest.mark.parametrize("softplus", [False, True])
+def test_second_order_beats_first_order_at_equal_steps_on_smooth_toy(softplus):
+    """The paper's Sec. 4.4 / Table 5 protocol (fixed radius 1, equal iterations) on a curved
+    boundary with a known minimal distance: the linearisation underestimates the distance, so
+    first order needs several steps, while the (exact, for the quadratic margin) second-order
+    model crosses in one step at the optimum times 1 + overshoot."""
+    model = _Sphere(softplus=softplus)
+    x, optimum = _sphere_points()
+    y = model(x).argmax(1)
+    assert (y == 0).all()
+    steps = 1 if not softplus else 2
+    first = trust_region(model, x, y, adaptive=False, radius=1.0, steps=steps)
+    second = trust_region(model, x, y, adaptive=False, radius=1.0, steps=steps, order=2)
+    ok1, ok2 = model(first).argmax(1) != y, model(second).argmax(1) != y
+    assert ok2.all() and ok1.sum() <= 4
+    ratio = lp_norm(second - x, 2) / optimum
+    assert (ratio >= 1 - 1e-9).all()
+    if not softplus:
+        assert torch.allclose(ratio, torch.full_like(ratio, 1.02))
+    # with enough steps the first order gets there too
+    longer = trust_region(model, x, y, adaptive=False, radius=1.0, steps=10)
+    assert (model(longer).argmax(1) != y).all()
+    assert (lp_norm(longer - x, 2) / optimum <= 1.02 + 1e-6).all()
+
+
+def test_second_order_adaptive_defaults_reach_the_sphere():
+    model = _Sphere()
+    x, optimum = _sphere_points()
+    y = model(x).argmax(1)
+    adv = trust_region(model, x, y, order=2)
+    assert (model(adv).argmax(1) != y).all()
+    assert (lp_norm(adv - x, 2) / optimum <= 1.02 + 1e-6).all()
