@@ -1,7 +1,7 @@
 """advx: adversarial examples for image classifiers — attacks, robustness evaluation and
 adversarial training in PyTorch."""
 
-from . import attacks
+from . import attacks, data, defenses, evaluation, models
 
 __version__ = "0.1.0"
-__all__ = ["attacks", "__version__"]
+__all__ = ["__version__", "attacks", "data", "defenses", "evaluation", "models"]

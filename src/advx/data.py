@@ -216,7 +216,10 @@ def load_dataset(
     data_dir: str | os.PathLike | None = None,
     download: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """Load ``name`` ("mnist" or "cifar10") ``split``; see :func:`load_mnist`/:func:`load_cifar10`."""
+    """Load dataset ``name`` ("mnist" or "cifar10"), ``split`` "train" or "test".
+
+    See :func:`load_mnist` and :func:`load_cifar10`.
+    """
     key = name.lower().replace("-", "").replace("_", "")
     if key == "mnist":
         return load_mnist(split, data_dir, download)

@@ -8,6 +8,32 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+try:  # torch.func internals, used to count the real rows of vmapped tensors
+    from torch._C import _functorch
+except ImportError:  # pragma: no cover
+    _functorch = None
+
+
+def rows(x: Tensor) -> int:
+    """Rows (samples) a tensor carries: its first dimension, times the sizes of the
+    ``torch.func.vmap`` dimensions it is batched over (so vmapped calls count every sample)."""
+    count = int(x.shape[0]) if x.dim() > 0 else 1
+    if _functorch is None:
+        return count
+    try:
+        t = x
+        while True:
+            if _functorch.is_batchedtensor(t):
+                inner, dim = _functorch._unwrap_batched(t, _functorch.maybe_get_level(t))
+                count *= int(inner.shape[dim]) if dim is not None else 1
+                t = inner
+            elif _functorch.is_gradtrackingtensor(t) or _functorch.is_functionaltensor(t):
+                t = _functorch.get_unwrapped(t)
+            else:
+                return count
+    except (RuntimeError, AttributeError, TypeError):
+        return int(x.shape[0]) if x.dim() > 0 else 1
+
 
 @dataclass
 class Counts:
@@ -27,7 +53,9 @@ class CountingModel(nn.Module):
     forward call and the rows of that input gradient. The backward count uses one tensor hook on
     a view of the input, registered only when the input requires a gradient, so it costs nothing
     measurable. A gradient that reaches the same forward call's input twice (two backward passes
-    through one graph) counts twice.
+    through one graph) counts twice. Under ``torch.func.vmap`` one vmapped call counts once, with
+    all the samples it carries (a per-class Jacobian by ``jacrev`` counts K gradient rows per
+    sample).
     """
 
     def __init__(self, model: nn.Module):
@@ -50,12 +78,12 @@ class CountingModel(nn.Module):
 
     def _on_backward(self, grad: Tensor) -> None:
         self.backward_calls += 1
-        self.backward_samples += int(grad.shape[0]) if grad.dim() > 0 else 1
+        self.backward_samples += rows(grad)
 
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         """Count the call, tap the input for the backward count, and run the wrapped model."""
         self.forward_calls += 1
-        self.forward_samples += int(x.shape[0]) if x.dim() > 0 else 1
+        self.forward_samples += rows(x)
         if torch.is_grad_enabled() and x.requires_grad:
             x = x.view_as(x)
             x.register_hook(self._on_backward)

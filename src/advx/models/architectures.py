@@ -1,0 +1,132 @@
+"""Zoo architectures. Every model takes inputs in [0, 1] and returns logits; any input
+normalisation lives inside the model."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+__all__ = ["CifarCNN", "MnistCNN", "MnistFCNN", "MnistLeNet5", "MnistMLP"]
+
+
+def _conv_relu(c_in: int, c_out: int, kernel: int = 3, padding: int = 0) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, kernel, padding=padding), nn.ReLU()]
+
+
+class MnistCNN(nn.Module):
+    """Carlini-Wagner MNIST network: 2x conv3x3(32), pool, 2x conv3x3(64), pool, fc200-fc200-fc10.
+
+    Valid (unpadded) convolutions as in the original; dropout ``dropout`` before the fc layers.
+    """
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_relu(1, 32),
+            *_conv_relu(32, 32),
+            nn.MaxPool2d(2),
+            *_conv_relu(32, 64),
+            *_conv_relu(64, 64),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(64 * 4 * 4, 200),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(200, 200),
+            nn.ReLU(),
+            nn.Linear(200, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch (N, 1, 28, 28) in [0, 1]."""
+        return self.classifier(self.features(x))
+
+
+class CifarCNN(nn.Module):
+    """Carlini-Wagner CIFAR-10 network: 2x conv3x3(64), pool, 2x conv3x3(128), pool,
+    fc256-fc256-fc10 (valid convolutions, ReLU, dropout after the first fc layer as in C&W)."""
+
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_relu(3, 64),
+            *_conv_relu(64, 64),
+            nn.MaxPool2d(2),
+            *_conv_relu(64, 128),
+            *_conv_relu(128, 128),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(128 * 5 * 5, 256),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(256, 256),
+            nn.ReLU(),
+            nn.Linear(256, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch (N, 3, 32, 32) in [0, 1]."""
+        return self.classifier(self.features(x))
+
+
+class MnistLeNet5(nn.Module):
+    """LeNet-5 with ReLU and max pooling: conv5x5(6, pad 2), pool, conv5x5(16), pool,
+    fc120-fc84-fc10."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            *_conv_relu(1, 6, kernel=5, padding=2),
+            nn.MaxPool2d(2),
+            *_conv_relu(6, 16, kernel=5),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(16 * 5 * 5, 120),
+            nn.ReLU(),
+            nn.Linear(120, 84),
+            nn.ReLU(),
+            nn.Linear(84, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch (N, 1, 28, 28) in [0, 1]."""
+        return self.classifier(self.features(x))
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MnistMLP(nn.Module):
+    """One-hidden-layer MLP 784-1024-10 with ReLU."""
+
+    def __init__(self, hidden: int = 1024, num_classes: int = 10) -> None:
+        super().__init__()
+        self.net = _mlp([784, hidden, num_classes])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch (N, 1, 28, 28) in [0, 1]."""
+        return self.net(x)
+
+
+class MnistFCNN(nn.Module):
+    """Fully connected 784-150-100-10 ReLU network (the linear-region paper's MNIST FCNN)."""
+
+    def __init__(self, hidden: tuple[int, ...] = (150, 100), num_classes: int = 10) -> None:
+        super().__init__()
+        self.net = _mlp([784, *hidden, num_classes])
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch (N, 1, 28, 28) in [0, 1]."""
+        return self.net(x)

@@ -1,0 +1,93 @@
+"""The command line: attack on the bundled model, argument errors, report, demo."""
+
+from __future__ import annotations
+
+import pytest
+
+from advx import data
+from advx.cli import main, parse_settings, parse_value
+from advx.evaluation import ResultsStore
+from advx.models.checkpoints import BUNDLED
+
+
+def _need_bundled_model():
+    if not BUNDLED["mnist-cnn"].is_file():
+        pytest.skip("bundled mnist-cnn checkpoint not present")
+
+
+@pytest.fixture
+def demo_data(monkeypatch):
+    """Serve the bundled demo images as the MNIST test set (offline, fast)."""
+    monkeypatch.setattr(
+        data, "load_dataset", lambda name, split="test", data_dir=None: data.load_demo()
+    )
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_parse_values():
+    assert parse_value("0.3") == 0.3 and parse_value("40") == 40
+    assert parse_value("true") is True and parse_value("none") is None
+    assert parse_value("margin") == "margin"
+    assert parse_settings(["eps=0.3", "random-start=false"]) == {"eps": 0.3, "random_start": False}
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["attack", "--model", "mnist-cnn", "--attack", "nope", "--set", "eps=0.1"], "--attack"),
+        (["attack", "--model", "mnist-cnn", "--attack", "pgd", "--set", "eps"], "--set"),
+        (["attack", "--model", "mnist-cnn", "--attack", "pgd", "--set", "bogus=1"], "bogus"),
+        (["attack", "--model", "mnist-cnn", "--attack", "pgd"], "eps"),
+        (["attack", "--model", "no-such-model", "--attack", "pgd", "--set", "eps=0.1"], "--model"),
+        (["attack", "--model", "mnist-cnn", "--attack", "pgd", "--norm", "3"], "--norm"),
+        (["attack", "--model", "mnist-cnn", "--attack", "pgd", "--n", "0"], "--n"),
+        (["attack", "--attack", "pgd"], "--model"),
+        (["frobnicate"], "frobnicate"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, named, capsys):
+    assert main(argv) == 2
+    assert named in _error_line(capsys)
+
+
+def test_bad_hyperparameter_value_exits_2(capsys, demo_data, tmp_path):
+    _need_bundled_model()
+    argv = ["attack", "--model", "mnist-cnn", "--attack", "pgd", "--set", "eps=-1", "--n", "4"]
+    assert main([*argv, "--db", str(tmp_path / "r.sqlite"), "--quiet"]) == 2
+    assert "eps" in _error_line(capsys)
+
+
+def test_report_without_db_exits_2(tmp_path, capsys):
+    assert main(["report", "--db", str(tmp_path / "missing.sqlite")]) == 2
+    assert "--db" in _error_line(capsys)
+
+
+def test_attack_writes_db_and_report(tmp_path, capsys, demo_data):
+    _need_bundled_model()
+    db = tmp_path / "results.sqlite"
+    argv = ["attack", "--model", "mnist-cnn", "--attack", "pgd", "--set", "eps=0.1"]
+    argv += ["--set", "steps=5", "--n", "20", "--batch-size", "10", "--db", str(db), "--quiet"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "robust accuracy at eps=0.1" in out and "within budget: yes" in out
+    with ResultsStore(db) as store:
+        (run,) = store.runs()
+        assert run["status"] == "complete" and run["summary"]["n"] == 20
+        assert len(store.samples(run["id"])["sample_index"]) == 20
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "robust_accuracy.png").is_file()
+
+
+@pytest.mark.slow  # about 35 s on 2 cores
+def test_demo_writes_png(tmp_path, capsys):
+    _need_bundled_model()
+    assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
+    assert (tmp_path / "robust_accuracy.png").stat().st_size > 1000
+    assert (tmp_path / "adversarial_grid.png").is_file()
+    assert "pgd" in capsys.readouterr().out
