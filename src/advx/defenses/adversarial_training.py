@@ -36,9 +36,7 @@ def mixed_loss(logits: Tensor, labels: Tensor, *, beta: float) -> Tensor:
     if beta == 0:
         return F.cross_entropy(logits, labels)
     clean, adv = logits.chunk(2), labels.chunk(2)
-    return beta * F.cross_entropy(clean[0], adv[0]) + (1 - beta) * F.cross_entropy(
-        clean[1], adv[1]
-    )
+    return beta * F.cross_entropy(clean[0], adv[0]) + (1 - beta) * F.cross_entropy(clean[1], adv[1])
 
 
 def adversarial_batches(
@@ -88,7 +86,12 @@ def adversarial_training(
     transform = partial(
         adversarial_batches, attack=info.name, limit=float(max_norm), beta=beta, **kwargs
     )
-    extra = {"attack": info.name, "max_norm": float(max_norm), "beta": beta, "attack_kwargs": kwargs}
+    extra = {
+        "attack": info.name,
+        "max_norm": float(max_norm),
+        "beta": beta,
+        "attack_kwargs": kwargs,
+    }
     return train(
         name,
         data_dir,

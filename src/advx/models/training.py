@@ -16,6 +16,7 @@ Hooks for later training schemes (adversarial training, distillation):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -202,8 +203,13 @@ def train(
     batch_transform: BatchTransform | None = None,
     max_samples: int | None = None,
     device: str | torch.device = "cpu",
+    save_as: str | None = None,
+    recipe_extra: dict | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train zoo model ``name`` with its recipe; return ``(model in eval mode, metrics)``.
+
+    ``save_as`` names the checkpoint files instead of ``name`` (adversarially trained variants);
+    ``recipe_extra`` adds settings that a checkpoint must match to be resumed from.
 
     ``epochs``/``seed`` override the recipe; ``max_samples`` trains on the first samples only.
     After every epoch a checkpoint (model, optimizer, scheduler, epoch, metrics) is written to
@@ -213,6 +219,8 @@ def train(
     See the module docstring for ``loss_fn`` and ``batch_transform``.
     """
     spec = get_spec(name)
+    if save_as is not None:
+        spec = dataclasses.replace(spec, name=save_as)
     epochs = spec.epochs if epochs is None else int(epochs)
     seed = spec.seed if seed is None else int(seed)
     if epochs < 1:
@@ -232,11 +240,22 @@ def train(
             batch_transform,
             max_samples,
             device,
+            recipe_extra,
         )
 
 
 def _train(
-    spec, data_dir, epochs, seed, cache_dir, progress, loss_fn, batch_transform, max_samples, device
+    spec,
+    data_dir,
+    epochs,
+    seed,
+    cache_dir,
+    progress,
+    loss_fn,
+    batch_transform,
+    max_samples,
+    device,
+    recipe_extra=None,
 ) -> tuple[nn.Module, dict]:
     x_train, y_train = load_dataset(spec.dataset, "train", data_dir)
     x_test, y_test = load_dataset(spec.dataset, "test", data_dir)
@@ -250,6 +269,8 @@ def _train(
     steps = -(-x_train.shape[0] // spec.batch_size)
     sched = _scheduler(spec, opt, epochs * steps)
     recipe = _recipe(spec, epochs, seed, max_samples)
+    if recipe_extra:
+        recipe["extra"] = recipe_extra
     ckpt_path = resolve_cache_dir(cache_dir) / f"{spec.name}.ckpt"
     start, history = _try_resume(ckpt_path, recipe, model, opt, sched)
     for epoch in range(start, epochs):
