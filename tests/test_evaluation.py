@@ -296,3 +296,15 @@ def test_minimal_norm_runner_robust_curve(linear_problem):
     acc = result.summary["robust_accuracy"]
     assert acc[0.0] == 1.0 and acc[1.0] == 1.0 - result.summary["success_rate"]
     assert np.all(np.diff(list(acc.values())) <= 0)
+
+
+def test_counting_wrapper_keeps_the_model_in_eval_mode_after_an_attack():
+    """Regression: a fresh wrapper defaulted to train mode and, when an attack restored the
+    wrapper's mode, switched the wrapped model (and its dropout) to train mode."""
+    from advx.attacks import fgm
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Dropout(0.5), torch.nn.Linear(16, 3))
+    model.eval()
+    x = torch.rand(4, 1, 4, 4)
+    fgm(CountingModel(model), x, model(x).argmax(1), eps=0.1)
+    assert not model.training

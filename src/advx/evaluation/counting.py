@@ -61,6 +61,7 @@ class CountingModel(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
+        self.train(getattr(model, "training", False))  # mirror the wrapped model's mode
         self.reset()
 
     def reset(self) -> None:

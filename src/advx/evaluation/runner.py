@@ -135,6 +135,8 @@ def check_adversarials(adversarials, inputs: Tensor) -> None:
 
 
 def _predict(model: nn.Module, x: Tensor) -> Tensor:
+    """Fresh eval-mode prediction, whatever mode an attack left the model in."""
+    model.eval()
     with torch.no_grad():
         return model(x).argmax(1)
 
