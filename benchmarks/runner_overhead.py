@@ -2,7 +2,7 @@
 
 PGD-Linf (eps 0.3, 40 steps) on 1000 MNIST test images with mnist-cnn (cached, else the bundled
 model), batch size 100: the attack called over the batches directly against ``run_attack`` with a
-fresh SQLite store, interleaved, ``--repeats`` times each. Prints the medians and their ratio;
+fresh SQLite store, interleaved in alternating order, ``--repeats`` times each. Prints the medians and their ratio;
 target: the runner costs at most 5% more.
 
     python benchmarks/runner_overhead.py [--n 1000] [--repeats 3] [--data-dir DIR]
@@ -92,10 +92,15 @@ def main() -> None:
     times: dict[str, list[float]] = {"direct": [], "runner": []}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(args.repeats):
-            times["direct"].append(direct(model, images, labels, args.batch_size))
-            times["runner"].append(
-                through_runner(model, images, labels, args.batch_size, Path(tmp), repeat)
-            )
+            runs = {
+                "direct": lambda: direct(model, images, labels, args.batch_size),
+                "runner": lambda r=repeat: through_runner(
+                    model, images, labels, args.batch_size, Path(tmp), r
+                ),
+            }
+            order = ("direct", "runner") if repeat % 2 == 0 else ("runner", "direct")
+            for name in order:  # alternate which goes first, so drift does not favour one
+                times[name].append(runs[name]())
             print(
                 f"repeat {repeat + 1}: direct {times['direct'][-1]:.2f} s, "
                 f"runner {times['runner'][-1]:.2f} s"
