@@ -91,3 +91,21 @@ def test_demo_writes_png(tmp_path, capsys):
     assert (tmp_path / "robust_accuracy.png").stat().st_size > 1000
     assert (tmp_path / "adversarial_grid.png").is_file()
     assert "pgd" in capsys.readouterr().out
+
+
+def test_train_adversarial_needs_max_norm(capsys):
+    assert main(["train", "mnist-fcnn", "--adversarial", "ddn"]) == 2
+    assert "--max-norm" in capsys.readouterr().err
+
+
+def test_train_adversarial_rejects_unknown_attack_setting(capsys):
+    code = main(
+        ["train", "mnist-fcnn", "--adversarial", "ddn", "--max-norm", "2.4", "--set", "foo=1"]
+    )
+    assert code == 2
+    assert "foo" in capsys.readouterr().err
+
+
+def test_train_set_without_adversarial_is_refused(capsys):
+    assert main(["train", "mnist-fcnn", "--set", "steps=10"]) == 2
+    assert "--adversarial" in capsys.readouterr().err

@@ -105,6 +105,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="data directory (default: $ADVX_DATA or the cache)")
     train.add_argument("--epochs", type=_positive_int)
     train.add_argument("--seed", type=int)
+    train.add_argument(
+        "--adversarial", metavar="ATTACK", help="adversarial training on this attack (e.g. ddn)"
+    )
+    train.add_argument("--max-norm", type=float, help="perturbation limit for adversarial training")
+    train.add_argument("--beta", type=float, default=0.0, help="clean-loss weight (Eq. 6)")
+    train.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        dest="settings",
+        help="attack hyperparameter for --adversarial, e.g. --set steps=100",
+    )
 
     attack = commands.add_parser("attack", help="evaluate an attack on a zoo model")
     attack.add_argument("--model", required=True, help="zoo model name")
@@ -146,13 +158,39 @@ def _command_train(args: argparse.Namespace) -> int:
     from . import models
 
     models.get_spec(args.name)
-    model, metrics = models.train(args.name, args.data_dir, epochs=args.epochs, seed=args.seed)
+    common = {"epochs": args.epochs, "seed": args.seed}
+    if args.adversarial is None:
+        if args.settings or args.max_norm is not None:
+            raise UsageError("--set and --max-norm need --adversarial ATTACK")
+        saved = args.name
+        model, metrics = models.train(args.name, args.data_dir, **common)
+    else:
+        _model, metrics, saved = _adversarial_train(args, common)
     accuracy = metrics.get("test_accuracy")
-    print(
-        f"trained {args.name}: test accuracy {accuracy:.4f}, saved to "
-        f"{models.model_path(args.name)}"
-    )
+    print(f"trained {saved}: test accuracy {accuracy:.4f}, saved to {models.model_path(saved)}")
     return 0
+
+
+def _adversarial_train(args: argparse.Namespace, common: dict):
+    from .defenses.adversarial_training import adversarial_training
+
+    info = attacks.get_attack(args.adversarial)
+    settings = parse_settings(args.settings)
+    if args.max_norm is None:
+        raise UsageError("--max-norm is required with --adversarial (e.g. 2.4 for MNIST, L2)")
+    check_hyperparameters(info, settings | ({} if info.minimal_norm else {"eps": args.max_norm}))
+    saved = f"{args.name}-adv-{info.name}"
+    model, metrics = adversarial_training(
+        args.name,
+        info.name,
+        max_norm=args.max_norm,
+        beta=args.beta,
+        attack_kwargs=settings,
+        data_dir=args.data_dir,
+        save_as=saved,
+        **common,
+    )
+    return model, metrics, saved
 
 
 def _budget_lines(summary: dict) -> list[str]:
