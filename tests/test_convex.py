@@ -180,10 +180,10 @@ def test_gn_on_linear_model_is_exact(p):
     assert (model(below).argmax(1) == y).all()
 
 
-def test_class_gradients_match_jacobian():
+def test_all_class_gradients_match_jacobian():
     model, inputs, _ = make_problem(n=3, k=4, dtype=torch.float64)
     for kind in ("logits", "probabilities"):
-        scores, grads = convex.class_gradients(model, inputs, margin=kind)
+        scores, grads = convex.all_class_gradients(model, inputs, margin=kind)
         for i in range(3):
             jac = torch.autograd.functional.jacobian(
                 lambda z, kind=kind: convex._scores(model(z), kind)[0], inputs[[i]]

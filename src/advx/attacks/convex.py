@@ -149,7 +149,7 @@ def linearised_loss(
     return value.detach(), grad.detach()
 
 
-def class_gradients(
+def all_class_gradients(
     model: nn.Module, inputs: Tensor, *, margin: str = "logits"
 ) -> tuple[Tensor, Tensor]:
     """Scores f(x) (N, K) and their input gradients (N, K, *input_shape), all classes at once:
@@ -187,7 +187,7 @@ def _best_piece_step(
     """Exact minimiser of the linearised Eq. (3) margin min_l [L_l + eta^T grad L_l] over the
     ball (and the box where ``gn_box_step`` is exact): min over eta and l commute, so solve
     each piece in closed form and keep the piece with the lowest linearised value."""
-    scores, grads = class_gradients(model, x, margin=margin_kind)
+    scores, grads = all_class_gradients(model, x, margin=margin_kind)
     values, piece_grads = margin_pieces(scores, grads, labels)
     n, k, d = piece_grads.shape
     flat_grads = piece_grads.reshape(n * k, d)

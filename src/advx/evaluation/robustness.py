@@ -31,7 +31,7 @@ from advx.attacks._core import (
     parse_norm,
     validate,
 )
-from advx.attacks.convex import class_gradients, linearised_loss, margin_pieces
+from advx.attacks.convex import all_class_gradients, linearised_loss, margin_pieces
 
 Attack = Callable[..., Tensor]
 
@@ -123,7 +123,7 @@ def linearised_bounds(
         if pieces == "active":
             value, grad = linearised_loss(model, inputs, predicted, margin=margin)
             return _ratio(value, lp_norm(grad, q))
-        scores, grads = class_gradients(model, inputs, margin=margin)
+        scores, grads = all_class_gradients(model, inputs, margin=margin)
     values, piece_grads = margin_pieces(scores, grads, predicted)
     n, k, d = piece_grads.shape
     ratios = _ratio(values.flatten(), lp_norm(piece_grads.reshape(n * k, d), q))
