@@ -4,8 +4,11 @@ using Convex Programming" (../shared/papers/convex-programming-attacks.txt), on 
 Figure 2: fooling ratio (fraction of the correctly classified images among the first N test
 images whose prediction changes) against the Linf budget eps for
 
-* Alg 1    ``gn``: one closed-form (GNII) step on the Eq. (3) margin, every piece linearised;
-* Alg 1-n  ``gn_iterative`` with n steps of eps/n (``--steps``, default n = 10);
+* Alg 1    ``gn``: one closed-form (GNII) step on the Eq. (3) margin linearised through its
+  gradient at x, the active piece's (``pieces='active'``, the default: one backward pass);
+* Alg 1 all  ``gn(pieces='all')``: every piece linearised, the best kept (K class gradients);
+* Alg 1-n  ``gn_iterative`` with n steps of eps/n (``--steps``, default n = 10), active piece;
+* Alg 1-n all  the same with ``pieces='all'`` (n times K class gradients: the costliest row);
 * Alg 2    ``gn_simple``: (GNII) on the single score f_k;
 * FGSM     ``fgm`` with norm inf (cross-entropy loss);
 * DeepFool-Linf (50 iterations, overshoot 0.02): minimal-norm, so its perturbation is not
@@ -16,16 +19,19 @@ images whose prediction changes) against the Linf budget eps for
 Table I: test error (whole test split), rho1 (mean ||delta||_inf / ||x||_inf of DeepFool-Linf,
 ``robustness.rho1``), rho2 (Proposition 1 bound, Linf, ``robustness.linearised_bounds``
 averaged as ``robustness.rho2`` does, batched), the smallest eps with fooling ratio > 99% for
-Alg 1 (``min_eps_for_fooling``: bisection between the curve's grid points around the
-threshold) and, as in the paper's column, the same figure for DeepFool
+Alg 1 and Alg 1 all (``min_eps_for_fooling``: bisection between the curve's grid points
+around the threshold) and, as in the paper's column, the same figure for DeepFool
 (``eps_for_fooling_from_norms``).
 
-Also the paper's orderings per eps (Alg 1 >= FGSM, Alg 1-n >= DeepFool) and, on MNIST, the
-wall time of Alg 1 against one FGSM pass over the first 1000 test images (same batch size,
-interleaved repeats, medians).
+Also the paper's orderings per eps (Alg 1 >= FGSM, Alg 1-n >= DeepFool, and the same for the
+'all' variants) and the wall time of Alg 1 (active and all pieces) against one FGSM pass over
+the first ``--timing-images`` test images (default 1000; same batch size, the three
+interleaved in every repeat, medians; the issue's target: Alg 1 <= 2x FGSM).
 
     python benchmarks/convex.py --models mnist-fcnn mnist-lenet5 cifar-cnn --n 1000 \
         --out results/convex
+    python benchmarks/convex.py --models cifar-cnn --n 300 --timing-images 500 \
+        --methods Random FGSM "Alg 2" "Alg 1" "Alg 1 all" "Alg 1-n"
 
 Rows are appended to ``<out>/results.jsonl`` as they are produced; a rerun skips the rows
 already there (resume). One PNG per model: ``<out>/fig2_<model>.png``.
@@ -56,7 +62,9 @@ from advx.evaluation.robustness import (
 )
 from advx.models import get_spec, load, model_path
 
-METHODS = ("Alg 1", "Alg 1-n", "Alg 2", "FGSM", "DeepFool", "Random")
+METHODS = ("Alg 1", "Alg 1 all", "Alg 1-n", "Alg 1-n all", "Alg 2", "FGSM", "DeepFool", "Random")
+BOUNDED = ("Random", "FGSM", "Alg 2", "Alg 1", "Alg 1 all", "Alg 1-n", "Alg 1-n all")  # run order
+VERSION = "v2"  # result keys: "Alg 1" meant all pieces in v1, the active piece since v2
 DEFAULT_GRIDS = {
     "mnist": [0.025, 0.05, 0.075, 0.1, 0.125, 0.15, 0.175, 0.2],
     "cifar10": [0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02],
@@ -113,7 +121,11 @@ def _bounded_attacks(model, steps: int, generator_seed: int):
 
     return {
         "Alg 1": lambda x, y, eps: gn(model, x, y, eps=eps, norm=INF),
+        "Alg 1 all": lambda x, y, eps: gn(model, x, y, eps=eps, norm=INF, pieces="all"),
         "Alg 1-n": lambda x, y, eps: gn_iterative(model, x, y, eps=eps, norm=INF, steps=steps),
+        "Alg 1-n all": lambda x, y, eps: gn_iterative(
+            model, x, y, eps=eps, norm=INF, steps=steps, pieces="all"
+        ),
         "Alg 2": lambda x, y, eps: gn_simple(model, x, y, eps=eps, norm=INF),
         "FGSM": lambda x, y, eps: fgm(model, x, y, eps=eps, norm=INF),
         "Random": random,
@@ -190,9 +202,9 @@ def _curves(model, name, x, y, grid, df_norms, args, results, prefix) -> dict:
     attacks = _bounded_attacks(model, args.steps, args.seed)
     curves: dict[str, dict[float, float]] = {m: {} for m in METHODS}
     # Cheap methods first; Alg 1-n (n times the cost of Alg 1) last.
-    for method in ("Random", "FGSM", "Alg 2", "Alg 1", "Alg 1-n"):
+    for method in (m for m in BOUNDED if m in args.methods):
         for eps in grid:
-            key = f"{prefix}|curve|{method}|{eps:g}"
+            key = f"{prefix}|{VERSION}|curve|{method}|{eps:g}"
             row = results.get(key)
             if row is None:
                 start = time.perf_counter()
@@ -220,10 +232,13 @@ def _curves(model, name, x, y, grid, df_norms, args, results, prefix) -> dict:
     return curves
 
 
-def _alg1_min_eps(model, name, x, y, grid, curve, args, results, prefix) -> float:
-    """min_eps_for_fooling for Alg 1, scanning only the two curve grid points around the first
-    one above the threshold (the rest of the scan is already in the curve)."""
-    key = f"{prefix}|alg1_min_eps"
+def _alg1_min_eps(model, name, x, y, grid, curve, args, results, prefix, pieces) -> float:
+    """min_eps_for_fooling for Alg 1 (``pieces`` 'active' or 'all'), scanning only the two curve
+    grid points around the first one above the threshold (the rest of the scan is already in
+    the curve)."""
+    if not curve:
+        return math.nan
+    key = f"{prefix}|{VERSION}|alg1_min_eps|{pieces}"
     row = results.get(key)
     if row is not None:
         return row["eps"]
@@ -237,7 +252,9 @@ def _alg1_min_eps(model, name, x, y, grid, curve, args, results, prefix) -> floa
     start = time.perf_counter()
 
     def attack(m, xs, ys, eps):
-        return _batched(lambda a, b: gn(m, a, b, eps=eps, norm=INF), xs, ys, args.batch)
+        return _batched(
+            lambda a, b: gn(m, a, b, eps=eps, norm=INF, pieces=pieces), xs, ys, args.batch
+        )
 
     eps = min_eps_for_fooling(model, x, y, attack, threshold=THRESHOLD, eps_grid=scan)
     row = results.add(
@@ -245,6 +262,7 @@ def _alg1_min_eps(model, name, x, y, grid, curve, args, results, prefix) -> floa
         {
             "kind": "alg1_min_eps",
             "model": name,
+            "pieces": pieces,
             "eps": eps,
             "scan": scan,
             "seconds": time.perf_counter() - start,
@@ -254,20 +272,24 @@ def _alg1_min_eps(model, name, x, y, grid, curve, args, results, prefix) -> floa
 
 
 def _timing(model, name, x_all, y_all, args, results, prefix) -> dict:
-    """Alg 1 vs one FGSM pass over the first 1000 test images, interleaved repeats."""
-    key = f"{prefix}|timing"
+    """Alg 1 (active piece and all pieces) vs one FGSM pass over the first
+    ``args.timing_images`` test images, the three interleaved in every repeat (medians)."""
+    key = f"{prefix}|{VERSION}|timing|{args.timing_images}"
     row = results.get(key)
     if row is not None:
         return row
-    x, y = x_all[:1000], y_all[:1000]
-    eps = 0.1
+    x, y = x_all[: args.timing_images], y_all[: args.timing_images]
+    eps = 0.1 if get_spec(name).dataset == "mnist" else 0.01
+
+    def runner(attack, **kwargs):
+        return lambda: _batched(
+            lambda a, b: attack(model, a, b, eps=eps, norm=INF, **kwargs), x, y, args.batch
+        )
+
     runs = {
-        "Alg 1": lambda: _batched(
-            lambda a, b: gn(model, a, b, eps=eps, norm=INF), x, y, args.batch
-        ),
-        "FGSM": lambda: _batched(
-            lambda a, b: fgm(model, a, b, eps=eps, norm=INF), x, y, args.batch
-        ),
+        "FGSM": runner(fgm),
+        "Alg 1": runner(gn, pieces="active"),
+        "Alg 1 all": runner(gn, pieces="all"),
     }
     for run in runs.values():  # warm-up
         run()
@@ -277,7 +299,7 @@ def _timing(model, name, x_all, y_all, args, results, prefix) -> dict:
             start = time.perf_counter()
             run()
             times[method].append(time.perf_counter() - start)
-    alg1, fgsm = statistics.median(times["Alg 1"]), statistics.median(times["FGSM"])
+    medians = {m: statistics.median(t) for m, t in times.items()}
     return results.add(
         key,
         {
@@ -286,9 +308,12 @@ def _timing(model, name, x_all, y_all, args, results, prefix) -> dict:
             "images": len(x),
             "batch": args.batch,
             "repeats": args.repeats,
-            "alg1_median_s": alg1,
-            "fgsm_median_s": fgsm,
-            "ratio": alg1 / fgsm,
+            "threads": torch.get_num_threads(),
+            "fgsm_median_s": medians["FGSM"],
+            "alg1_median_s": medians["Alg 1"],
+            "alg1_all_median_s": medians["Alg 1 all"],
+            "ratio": medians["Alg 1"] / medians["FGSM"],
+            "ratio_all": medians["Alg 1 all"] / medians["FGSM"],
             "times": times,
             "loadavg": os.getloadavg()[0],
         },
@@ -301,15 +326,22 @@ def _print_curves(name, n_correct, grid, curves, steps):
         f"\nFigure 2, {name}: fooling ratio vs Linf eps ({n_correct} correctly classified images; "
         f"Alg 1-n with n = {steps})"
     )
-    print(f"{'eps':>8s} " + " ".join(f"{m:>9s}" for m in methods))
+    print(f"{'eps':>8s} " + " ".join(f"{m:>11s}" for m in methods))
     for eps in grid:
-        print(f"{eps:8.4f} " + " ".join(f"{curves[m][eps]:9.4f}" for m in methods))
+        print(f"{eps:8.4f} " + " ".join(f"{curves[m][eps]:11.4f}" for m in methods))
 
 
 def _check_orderings(name, grid, curves) -> list[str]:
     lines = [f"\nOrderings, {name} (paper: Alg 1 >= FGSM, Alg 1-n >= DeepFool at every eps)"]
-    pairs = [("Alg 1", "FGSM"), ("Alg 1-n", "DeepFool")]
+    pairs = [
+        ("Alg 1", "FGSM"),
+        ("Alg 1-n", "DeepFool"),
+        ("Alg 1 all", "FGSM"),
+        ("Alg 1-n all", "DeepFool"),
+    ]
     for first, second in pairs:
+        if not curves[first]:
+            continue
         if not curves[second]:
             lines.append(f"  {first} >= {second}: not checked ({second} skipped)")
             continue
@@ -336,7 +368,7 @@ def _plot(name, grid, curves, steps, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     for method in METHODS:
         if curves[method]:
-            label = f"Alg 1-{steps}" if method == "Alg 1-n" else method
+            label = method.replace("1-n", f"1-{steps}")
             ax.plot(grid, [curves[method][e] for e in grid], marker="o", label=label)
     ax.set_xlabel("eps (Linf)")
     ax.set_ylabel("fooling ratio")
@@ -389,10 +421,15 @@ def run_model(name: str, args, results: Results) -> dict | None:
 
     table = _table_i(model, name, x, y, x_all, y_all, df, args, results, prefix)
     curves = _curves(model, name, x, y, grid, df_norms, args, results, prefix)
-    alg1_eps = _alg1_min_eps(model, name, x, y, grid, curves["Alg 1"], args, results, prefix)
+    alg1_eps = {
+        pieces: _alg1_min_eps(
+            model, name, x, y, grid, curves[method], args, results, prefix, pieces
+        )
+        for pieces, method in (("active", "Alg 1"), ("all", "Alg 1 all"))
+    }
     df_eps = eps_for_fooling_from_norms(df_norms, THRESHOLD) if df_norms is not None else math.nan
     timing = (
-        _timing(model, name, x_all, y_all, args, results, prefix) if dataset == "mnist" else None
+        _timing(model, name, x_all, y_all, args, results, prefix) if args.timing_images else None
     )
 
     _print_curves(name, len(x), grid, curves, args.steps)
@@ -423,8 +460,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="n of Alg 1-n")
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--repeats", type=int, default=5, help="timing repeats")
+    parser.add_argument(
+        "--timing-images", type=int, default=1000, help="images of the timing run (0: no timing)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(BOUNDED),
+        choices=BOUNDED,
+        help="bounded methods to run (DeepFool always runs when importable)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the Random baseline")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train", action="store_true", help="train models without a checkpoint")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", type=Path, default=Path("results/convex"))
@@ -439,23 +486,29 @@ def main() -> None:
         f"\nTable I (Linf; first {args.n} test images, correctly classified ones; test error on "
         "the whole test split)"
     )
-    header = f"{'model':14s} {'test err':>8s} {'rho1':>7s} {'rho2':>7s} {'Alg1 >99%':>10s} {'DF >99%':>8s}"
+    header = (
+        f"{'model':14s} {'test err':>8s} {'rho1':>7s} {'rho2':>7s} {'Alg1 >99%':>10s} "
+        f"{'Alg1all >99%':>12s} {'DF >99%':>8s}"
+    )
     print(header)
     for s in summaries:
         t = s["table"]
         print(
             f"{s['model']:14s} {100 * t['test_error']:7.2f}% {_fmt(t['rho1']):>7s} "
-            f"{_fmt(t['rho2']):>7s} {_fmt(s['alg1_eps'], 4):>10s} {_fmt(s['df_eps'], 4):>8s}"
+            f"{_fmt(t['rho2']):>7s} {_fmt(s['alg1_eps']['active'], 4):>10s} "
+            f"{_fmt(s['alg1_eps']['all'], 4):>12s} {_fmt(s['df_eps'], 4):>8s}"
         )
     for s in summaries:
         t = s["timing"]
         if t is None:
             continue
         print(
-            f"\nTiming {s['model']}: Alg 1 {t['alg1_median_s']:.3f}s vs FGSM {t['fgsm_median_s']:.3f}s "
-            f"over {t['images']} images (batch {t['batch']}, median of {t['repeats']} interleaved "
-            f"repeats, load avg {t['loadavg']:.1f}): ratio {t['ratio']:.2f}x "
-            f"({'within' if t['ratio'] <= 2 else 'ABOVE'} the 2x target)"
+            f"\nTiming {s['model']} over {t['images']} images (batch {t['batch']}, "
+            f"{t['threads']} threads, median of {t['repeats']} interleaved repeats, load avg "
+            f"{t['loadavg']:.1f}): FGSM {t['fgsm_median_s']:.3f}s; Alg 1 (active) "
+            f"{t['alg1_median_s']:.3f}s = {t['ratio']:.2f}x FGSM "
+            f"({'within' if t['ratio'] <= 2 else 'ABOVE'} the 2x target); Alg 1 all "
+            f"{t['alg1_all_median_s']:.3f}s = {t['ratio_all']:.2f}x FGSM"
         )
 
 

@@ -10,7 +10,7 @@ import torch
 from advx.attacks import ddn, lp_norm
 from advx.data import load_mnist
 from advx.defenses.adversarial_training import adversarial_training, mixed_loss
-from advx.models import train
+from advx.models import load, resolve_spec, train
 
 DATA = os.environ.get("ADVX_DATA", str(Path(__file__).parents[2] / "shared" / "data"))
 needs_mnist = pytest.mark.skipif(
@@ -66,3 +66,36 @@ def test_bad_settings_raise(kwargs, match):
 def test_unknown_attack_raises():
     with pytest.raises(ValueError, match="attack"):
         adversarial_training("mnist-fcnn", "nope", max_norm=1.0)
+
+
+def _distance(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    pairs = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    return sum(float((p - q).norm()) for p, q in pairs)
+
+
+@needs_mnist
+def test_init_from_fine_tunes_the_given_weights(tmp_path):
+    torch.set_num_threads(1)
+    common = dict(seed=0, data_dir=DATA, cache_dir=tmp_path, max_samples=128, progress=False)
+    source, _ = train("mnist-fcnn", epochs=1, **common)
+    fresh, _ = train("mnist-fcnn", epochs=1, save_as="fresh", **common | {"seed": 1})
+    tuned, _ = adversarial_training(
+        "mnist-fcnn",
+        "fgm",
+        max_norm=0.1,
+        attack_kwargs={"norm": "inf"},
+        epochs=1,
+        init_from="mnist-fcnn",
+        **common | {"max_samples": 64, "seed": 1},
+    )
+    # One small batch of fine-tuning stays near the source; seed 1's own start is far away.
+    assert _distance(tuned, source) < 0.2 * _distance(fresh, source)
+    # The variant is loadable by name and knows its architecture.
+    assert resolve_spec("mnist-fcnn-adv-fgm", tmp_path).name == "mnist-fcnn"
+    assert _distance(load("mnist-fcnn-adv-fgm", cache_dir=tmp_path), tuned) == 0.0
+
+
+@needs_mnist
+def test_init_from_rejects_another_architecture(tmp_path):
+    with pytest.raises(ValueError, match="init_from"):
+        train("mnist-fcnn", epochs=1, cache_dir=tmp_path, init_from="mnist-cnn", progress=False)

@@ -144,9 +144,13 @@ def test_box_step_clips_for_other_norms(p):
 
 
 ATTACKS = [convex.gn, convex.gn_simple, functools.partial(convex.gn_iterative, steps=4)]
+ALL_PIECES = [
+    functools.partial(convex.gn, pieces="all"),
+    functools.partial(convex.gn_iterative, steps=4, pieces="all"),
+]
 
 
-@pytest.mark.parametrize("attack", ATTACKS)
+@pytest.mark.parametrize("attack", ATTACKS + ALL_PIECES)
 @pytest.mark.parametrize("p", NORMS)
 def test_attacks_respect_budget_and_box(attack, p):
     model, inputs, labels = make_problem(n=6)
@@ -163,21 +167,115 @@ def test_attacks_respect_budget_and_box(attack, p):
 @pytest.mark.parametrize("p", [1.0, 1.5, 2.0, 3.0, INF])
 def test_gn_on_linear_model_is_exact(p):
     """With logits every piece of the Eq. (3) minimum is linear: the Proposition 1 bound over
-    all pieces is the minimal distance to the decision boundary, and Algorithm 1 fools exactly
-    above it (the box does not bind for these small distances)."""
+    all pieces is the minimal distance to the decision boundary, and Algorithm 1 with
+    ``pieces='all'`` fools exactly above it (the box does not bind for these small distances).
+    With ``pieces='active'`` it fools exactly above the active piece's bound (the distance to
+    the runner-up's boundary), which is larger for some samples: there 'active' can fail at
+    an eps where 'all' succeeds (its step may still cross a third class's boundary)."""
     model, inputs, labels = make_problem(n=16, k=4, seed=4, dtype=torch.float64)
     distance = minimal_distance(model, inputs, labels, p)
     bounds = robustness.linearised_bounds(model, inputs, norm=p)
     torch.testing.assert_close(bounds, distance)
     active = robustness.linearised_bounds(model, inputs, norm=p, pieces="active")
     assert (active >= bounds - 1e-12).all()
-    keep = distance < 0.25
+    keep = active < 0.25
     assert keep.sum() >= 4
-    x, y, dist = inputs[keep], labels[keep], distance[keep]
-    above = convex.gn(model, x, y, eps=1.01 * dist, norm=p)
-    below = convex.gn(model, x, y, eps=0.99 * dist, norm=p)
+    x, y, dist, act = inputs[keep], labels[keep], distance[keep], active[keep]
+    above = convex.gn(model, x, y, eps=1.01 * dist, norm=p, pieces="all")
+    below = convex.gn(model, x, y, eps=0.99 * dist, norm=p, pieces="all")
     assert (model(above).argmax(1) != y).all()
     assert (model(below).argmax(1) == y).all()
+    above_active = convex.gn(model, x, y, eps=1.01 * act, norm=p, pieces="active")
+    below_active = convex.gn(model, x, y, eps=0.99 * dist, norm=p, pieces="active")
+    assert (model(above_active).argmax(1) != y).all()
+    assert (model(below_active).argmax(1) == y).all()
+    gap = act > 1.05 * dist  # the runner-up is not the closest boundary
+    assert gap.any()
+    between = convex.gn(model, x[gap], y[gap], eps=1.01 * dist[gap], norm=p, pieces="active")
+    assert (model(between).argmax(1) == y[gap]).any()  # 'all' fools every one of them here
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_active_equals_all_with_one_piece(p):
+    """Two classes: the Eq. (3) minimum has a single piece, so linearising the active piece or
+    all pieces is the same problem; both modes return the same points (single and iterated)."""
+    model, inputs, labels = make_problem(n=8, k=2, seed=3, dtype=torch.float64)
+    eps = torch.linspace(0.02, 0.3, 8, dtype=torch.float64)
+    for attack in (convex.gn, functools.partial(convex.gn_iterative, steps=3)):
+        active = attack(model, inputs, labels, eps=eps, norm=p, pieces="active")
+        every = attack(model, inputs, labels, eps=eps, norm=p, pieces="all")
+        torch.testing.assert_close(active, every)
+        assert not torch.equal(active, inputs)
+
+
+def test_active_equals_all_where_the_active_piece_is_best():
+    """K = 10 classes on a nonlinear network: where the active piece (the runner-up class) also
+    has the lowest linearised value L_l - eps ||grad L_l||_1 over the box, the best piece of
+    'all' is the active one and the two modes return the same point; where another piece is
+    better they differ (both cases occur here)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 10)
+    ).double()
+    inputs = torch.rand(
+        64, 1, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    labels = model(inputs).argmax(1)
+    scores, grads = convex.all_class_gradients(model, inputs)
+    values, piece_grads = convex.margin_pieces(scores, grads, labels)
+    eps = 0.01
+    predicted = values + convex._linf_box_values(
+        piece_grads, convex.flat(inputs), torch.full((64,), eps, dtype=torch.float64)
+    )
+    active_piece = values.argmin(1)
+    agree = predicted.argmin(1) == active_piece
+    assert agree.any() and (~agree).any()
+    active = convex.gn(model, inputs, labels, eps=eps, pieces="active")
+    every = convex.gn(model, inputs, labels, eps=eps, pieces="all")
+    torch.testing.assert_close(active[agree], every[agree])
+    assert not torch.allclose(active[~agree], every[~agree])
+
+
+@pytest.mark.parametrize("eps", [0.01, 0.2, 0.7])
+def test_linf_box_values_match_box_step(eps):
+    """The closed-form p = inf piece values used by pieces='all' equal eta^T g of the exact
+    box-constrained step (Eq. 7 clipped to the box), coordinates on the faces included."""
+    gen = torch.Generator().manual_seed(8)
+    grads = torch.randn(5, 4, 12, generator=gen, dtype=torch.float64)
+    x = torch.rand(5, 12, generator=gen, dtype=torch.float64)
+    x[:, :2] = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    radius = torch.full((5,), eps, dtype=torch.float64)
+    values = convex._linf_box_values(grads, x, radius)
+    flat_grads = grads.reshape(20, 12)
+    eta = convex.gn_box_step(
+        flat_grads, x.repeat_interleave(4, 0), radius.repeat_interleave(4), INF
+    )
+    torch.testing.assert_close(values, (eta * flat_grads).sum(1).reshape(5, 4))
+
+
+class _BatchSizes(torch.nn.Module):
+    """Records the batch size of every forward call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.sizes: list[int] = []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.model(x)
+
+
+def test_active_costs_one_gradient_all_costs_k():
+    """pieces='active' evaluates the model on the batch only (validation + one gradient pass);
+    pieces='all' backpropagates through K copies of it (all class gradients)."""
+    model, inputs, labels = make_problem(n=6, k=5)
+    counted = _BatchSizes(model)
+    convex.gn(counted, inputs, labels, eps=0.1, pieces="active")
+    assert counted.sizes == [6, 6]
+    counted.sizes.clear()
+    convex.gn(counted, inputs, labels, eps=0.1, pieces="all")
+    assert max(counted.sizes) == 6 * 5
 
 
 def test_all_class_gradients_match_jacobian():
@@ -231,18 +329,22 @@ def test_targeted_gn_decreases_lt_exactly_on_linear_model():
     torch.testing.assert_close(gap(model(adv).detach()), expected)
 
 
-def test_batch_equals_per_sample_and_contract():
-    model, inputs, labels = make_problem(n=5)
+@pytest.mark.parametrize("pieces", convex.PIECES)
+@pytest.mark.parametrize("p", [1.0, 2.0, INF])
+def test_batch_equals_per_sample_and_contract(pieces, p):
+    model, inputs, labels = make_problem(n=5, k=4)
     model.train()
     before = inputs.clone()
-    batch = convex.gn_iterative(model, inputs, labels, eps=0.2, norm=2, steps=3)
-    single = torch.cat(
-        [
-            convex.gn_iterative(model, inputs[[i]], labels[[i]], eps=0.2, norm=2, steps=3)
-            for i in range(5)
-        ]
-    )
-    torch.testing.assert_close(batch, single)
+    eps = torch.tensor([0.05, 0.1, 0.2, 0.3, 0.4])
+    for attack in (convex.gn, functools.partial(convex.gn_iterative, steps=3)):
+        batch = attack(model, inputs, labels, eps=eps, norm=p, pieces=pieces)
+        single = torch.cat(
+            [
+                attack(model, inputs[[i]], labels[[i]], eps=eps[[i]], norm=p, pieces=pieces)
+                for i in range(5)
+            ]
+        )
+        torch.testing.assert_close(batch, single)
     assert torch.equal(inputs, before)
     assert model.training
     assert all(p.grad is None for p in model.parameters())
@@ -256,6 +358,8 @@ def test_bad_arguments():
         convex.gn(model, inputs, labels, eps=0.1, margin="softmax")
     with pytest.raises(ValueError, match="steps"):
         convex.gn_iterative(model, inputs, labels, eps=0.1, steps=0)
+    with pytest.raises(ValueError, match="pieces"):
+        convex.gn(model, inputs, labels, eps=0.1, pieces="best")
     with pytest.raises(ValueError, match="eps"):
         convex.gn_simple(model, inputs, labels, eps=-1.0)
     with pytest.raises(ValueError, match="inputs"):

@@ -20,7 +20,8 @@ def test_architectures_give_logits(name):
     model = spec.build().eval()
     x = torch.rand(4, *spec.input_shape)
     out = model(x)
-    assert out.shape == (4, 10) and out.dtype == torch.float32
+    outputs = 1 if spec.task == "regression" else 10
+    assert out.shape == (4, outputs) and out.dtype == torch.float32
 
 
 def test_get_spec_unknown_lists_names():
@@ -161,3 +162,37 @@ def test_augment_crop_flip_shapes():
 def test_recipe_reaches_expected_accuracy(name, tmp_path):
     _, metrics = models.train(name, SHARED, cache_dir=tmp_path, progress=False)
     assert metrics["test_accuracy"] >= get_spec(name).expected_accuracy
+
+
+TRUST_REGION_MODELS = ["cifar-alexlike", "cifar-alexlike-swish", "cifar-mlp-swish"]
+
+
+@pytest.mark.parametrize("name", TRUST_REGION_MODELS)
+def test_trust_region_paper_models_map_cifar_batches_to_logits(name):
+    spec = get_spec(name)
+    assert spec.dataset == "cifar10" and spec.epochs >= 1
+    torch.manual_seed(0)
+    out = spec.build().eval()(torch.rand(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["cifar-alexlike-swish", "cifar-mlp-swish"])
+def test_swish_models_are_smooth(name):
+    """No ReLU anywhere, and the margin has a non-zero Hessian (what the second-order
+    trust-region attack needs); the ReLU AlexLike's Hessian-vector product is exactly zero."""
+    torch.manual_seed(0)
+    model = get_spec(name).build().double().eval()
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    assert any(isinstance(m, torch.nn.SiLU) for m in model.modules())
+
+    def hvp_norm(net):
+        x = torch.rand(2, 3, 32, 32, dtype=torch.float64, requires_grad=True)
+        logits = net(x)
+        (g,) = torch.autograd.grad((logits[:, 0] - logits[:, 1]).sum(), x, create_graph=True)
+        (hv,) = torch.autograd.grad((g * torch.ones_like(x)).sum(), x, allow_unused=True)
+        return 0.0 if hv is None else hv.abs().max().item()
+
+    assert hvp_norm(model) > 0
+    relu = get_spec("cifar-alexlike").build().double().eval()
+    assert any(isinstance(m, torch.nn.ReLU) for m in relu.modules())
+    assert hvp_norm(relu) == 0

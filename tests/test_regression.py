@@ -57,6 +57,27 @@ def test_power_iteration_matches_svd(shape):
     torch.testing.assert_close(alignment, torch.ones(4, dtype=alignment.dtype), atol=1e-5, rtol=0)
 
 
+def test_power_iteration_stops_early_in_float32(monkeypatch):
+    """A one-output map (rank-1 J) converges after a couple of products; in float32 the
+    default tol (below machine precision) must not force all ``iterations``."""
+    from advx.attacks import regression
+
+    _, mats, inputs = _linear_maps(m=1, d=784)
+    mats, inputs = mats.float(), inputs.float()
+
+    def f(x):
+        return torch.einsum("nmd,nd->nm", mats, x.reshape(x.shape[0], -1))
+
+    calls = []
+    gram = regression._Linearisation.gram
+    monkeypatch.setattr(
+        regression._Linearisation, "gram", lambda self, v: calls.append(1) or gram(self, v)
+    )
+    sigma, _ = top_singular_vector(f, inputs, iterations=50)
+    torch.testing.assert_close(sigma, mats.norm(dim=2).squeeze(1))
+    assert len(calls) <= 5
+
+
 def test_power_iteration_on_nonlinear_module():
     model = _MLP()
     inputs = torch.rand(3, 1, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
@@ -169,3 +190,100 @@ def test_bad_arguments():
         regression_attack(f, inputs + 2, eps=0.1)
     with pytest.raises(ValueError, match="eps"):
         regression_attack(f, inputs, eps=-0.1)
+
+
+# --------------------------------------------------------------------------- the zoo regressor
+
+
+def test_predicted_labels_and_regression_loss():
+    import torch.nn.functional as F
+
+    from advx.models import get_spec
+    from advx.models.training import default_loss, predicted_labels, regression_loss
+
+    logits = torch.tensor([[0.1, 2.0, -1.0], [3.0, 0.0, 0.0]])
+    assert predicted_labels(logits).tolist() == [1, 0]
+    values = torch.tensor([[2.4], [6.6], [-0.2]])
+    assert predicted_labels(values).tolist() == [2, 7, 0]
+    assert predicted_labels(values.flatten()).tolist() == [2, 7, 0]
+    loss = regression_loss(values, torch.tensor([2, 7, 0]))
+    assert loss.item() == pytest.approx((0.16 + 0.16 + 0.04) / 3)
+    assert default_loss(get_spec("mnist-regress")) is regression_loss
+    assert default_loss(get_spec("mnist-fcnn")) is F.cross_entropy
+
+
+def test_mnist_regress_spec_has_one_output():
+    from advx.models import ModelSpec, get_spec, register
+
+    spec = get_spec("mnist-regress")
+    assert spec.task == "regression" and spec.dataset == "mnist"
+    torch.manual_seed(0)
+    assert spec.build().eval()(torch.rand(3, 1, 28, 28)).shape == (3, 1)
+    bad = ModelSpec(name="x-bad-task", dataset="mnist", builder=spec.builder, epochs=1, task="seg")
+    with pytest.raises(ValueError, match="task"):
+        register(bad)
+
+
+def _random_noise_like(inputs, eps, p, generator):
+    """Random noise of Lp norm eps (Gaussian direction; signs for p = inf), clipped to [0, 1]."""
+    if p == INF:
+        noise = (torch.randint(0, 2, inputs.shape, generator=generator) * 2 - 1).float() * eps
+    else:
+        noise = torch.randn(inputs.shape, generator=generator)
+        noise = noise * (eps / lp_norm(noise, p))[:, None, None, None]
+    return (inputs + noise).clamp(0, 1)
+
+
+def _shared_data():
+    import os
+    from pathlib import Path
+
+    shared = Path(os.environ.get("ADVX_DATA", "/work/shared/data"))
+    if not (shared / "MNIST" / "raw").is_dir():
+        pytest.skip(f"real data not found in {shared}")
+    return shared
+
+
+def test_mnist_regress_trains_with_mse_and_attack_beats_noise(tmp_path):
+    """A short run of the mnist-regress recipe lowers its MSE loss from epoch to epoch and
+    gives one output per image; regression_attack (Eq. 9) moves that output far more than
+    random noise of the same Lp norm, for p = 1, 2, inf."""
+    from advx.data import load_dataset
+    from advx.models import train
+
+    shared = _shared_data()
+    model, metrics = train(
+        "mnist-regress", shared, cache_dir=tmp_path, epochs=2, max_samples=1024, progress=False
+    )
+    losses = [h["train_loss"] for h in metrics["history"]]
+    assert losses[1] < losses[0]
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0
+    x = load_dataset("mnist", "test", shared)[0][:64]
+    with torch.no_grad():
+        clean = model(x)
+    assert clean.shape == (64, 1)
+    gen = torch.Generator().manual_seed(0)
+    for p, eps in ((1.0, 1.0), (2.0, 1.0), (INF, 0.05)):
+        adv = regression_attack(model, x, eps=eps, norm=p)
+        assert (lp_norm(adv - x, p) <= eps * (1 + 1e-5)).all()
+        with torch.no_grad():
+            attack_change = (model(adv) - clean).norm(dim=1)
+            noise_change = (model(_random_noise_like(x, eps, p, gen)) - clean).norm(dim=1)
+        assert attack_change.mean() > 2 * noise_change.mean()
+        assert (attack_change > 0).float().mean() > 0.9
+
+
+@pytest.mark.slow
+def test_mnist_regress_learns_the_digit_value(tmp_path):
+    """Three epochs on 6000 images already beat predicting the mean digit (MSE < variance)."""
+    from advx.data import load_dataset
+    from advx.models import train
+
+    shared = _shared_data()
+    model, _ = train(
+        "mnist-regress", shared, cache_dir=tmp_path, epochs=3, max_samples=6000, progress=False
+    )
+    x, y = load_dataset("mnist", "test", shared)
+    with torch.no_grad():
+        pred = model(x[:1000]).reshape(-1)
+    assert (pred - y[:1000].float()).pow(2).mean() < 0.5 * y[:1000].float().var()

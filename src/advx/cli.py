@@ -111,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-norm", type=float, help="perturbation limit for adversarial training")
     train.add_argument("--beta", type=float, default=0.0, help="clean-loss weight (Eq. 6)")
     train.add_argument(
+        "--init-from", metavar="MODEL", help="start from this trained zoo model's weights"
+    )
+    train.add_argument(
+        "--max-samples", type=_positive_int, help="train on the first N training images only"
+    )
+    train.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
@@ -158,7 +164,12 @@ def _command_train(args: argparse.Namespace) -> int:
     from . import models
 
     models.get_spec(args.name)
-    common = {"epochs": args.epochs, "seed": args.seed}
+    common = {
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "init_from": args.init_from,
+        "max_samples": args.max_samples,
+    }
     if args.adversarial is None:
         if args.settings or args.max_norm is not None:
             raise UsageError("--set and --max-norm need --adversarial ATTACK")
@@ -237,7 +248,7 @@ def _command_attack(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UsageError(f"--norm: {error}") from None
     try:
-        spec = models.get_spec(args.model)
+        spec = models.resolve_spec(args.model)
     except ValueError as error:
         raise UsageError(f"--model: {error}") from None
     model = models.load(args.model, args.data_dir)

@@ -11,8 +11,11 @@ q the dual exponent of p (Eq. 7 for p = inf: eta = -eps * sign(g); p = 1 moves t
 largest-|g| coordinate; p = 2 the normalised gradient). The optimal value is
 L(x) - eps * ||g||_q, so (GN) is infeasible when eps * ||g||_q < L(x) (Proposition 1, Eq. 5).
 
-* ``gn``            Algorithm 1: L the margin of Eq. (3), min_{l != k} f_k - f_l, every piece
-                    linearised and the best kept (exact minimum of the linearised margin).
+* ``gn``            Algorithm 1: L the margin of Eq. (3), min_{l != k} f_k - f_l, linearised at
+                    x: by default through its gradient at x, the gradient of the active piece
+                    (``pieces='active'``, one backward pass, the (GNII) of the paper);
+                    ``pieces='all'`` linearises every piece and keeps the best (the exact
+                    minimum of the piecewise-linearised margin, K class gradients).
 * ``gn_iterative``  Algorithm 1-n: n successive linearisations with budget eps/n each, summed.
 * ``gn_simple``     Algorithm 2: L(x) approximated by the single score f_k(x).
 * ``bernoulli_noise`` / ``bernoulli``  the "Random" baseline of Section IV.
@@ -54,6 +57,7 @@ from ._core import (
 from ._core import margin as margin_loss
 
 MARGINS = ("probabilities", "logits")
+PIECES = ("active", "all")
 _OBJECTIVES = ("margin", "score")
 
 
@@ -181,6 +185,19 @@ def margin_pieces(scores: Tensor, grads: Tensor, labels: Tensor) -> tuple[Tensor
     return values, own - g
 
 
+def _linf_box_values(piece_grads: Tensor, x: Tensor, radius: Tensor) -> Tensor:
+    """min of eta^T g over ||eta||_inf <= r, 0 <= x + eta <= 1 for every piece, (N, K), without
+    forming eta: coordinate i moves by -min(r, x_i) where g_i > 0 and by min(r, 1 - x_i) where
+    g_i < 0, so the minimum is -(relu(g) . min(r, x) + relu(-g) . min(r, 1 - x))."""
+    r = radius[:, None]
+    down = torch.minimum(x.clamp(0, 1), r)
+    up = torch.minimum((1 - x).clamp(0, 1), r)
+    return -(
+        torch.einsum("nkd,nd->nk", piece_grads.clamp_min(0), down)
+        + torch.einsum("nkd,nd->nk", (-piece_grads).clamp_min(0), up)
+    )
+
+
 def _best_piece_step(
     model: nn.Module, x: Tensor, labels: Tensor, radius: Tensor, p: float, margin_kind: str
 ) -> Tensor:
@@ -190,21 +207,29 @@ def _best_piece_step(
     scores, grads = all_class_gradients(model, x, margin=margin_kind)
     values, piece_grads = margin_pieces(scores, grads, labels)
     n, k, d = piece_grads.shape
+    rows = torch.arange(n, device=x.device)
+    if p == INF:  # the optimal values in closed form; eta only for the best piece
+        best = (values + _linf_box_values(piece_grads, flat(x), radius)).argmin(1)
+        return gn_box_step(piece_grads[rows, best].reshape(x.shape), x, radius, p)
     flat_grads = piece_grads.reshape(n * k, d)
     flat_x = flat(x).repeat_interleave(k, 0)
     eta = gn_box_step(flat_grads, flat_x, radius.repeat_interleave(k), p)
     predicted = values + (eta * flat_grads).sum(1).reshape(n, k)
     best = predicted.argmin(1)
-    return eta.reshape(n, k, d)[torch.arange(n, device=x.device), best].reshape(x.shape)
+    return eta.reshape(n, k, d)[rows, best].reshape(x.shape)
 
 
 # --------------------------------------------------------------------------- attacks
 
 
-def _prepare(model, inputs, labels, eps, norm, margin_kind) -> tuple[float, Tensor]:
+def _prepare(
+    model, inputs, labels, eps, norm, margin_kind, pieces="active"
+) -> tuple[float, Tensor]:
     p = parse_norm(norm, allowed=None)
     if margin_kind not in MARGINS:
         raise ValueError(f"margin must be one of {MARGINS}, got {margin_kind!r}")
+    if pieces not in PIECES:
+        raise ValueError(f"pieces must be one of {PIECES}, got {pieces!r}")
     validate(model, inputs, labels)
     return p, per_sample(eps, inputs, "eps")
 
@@ -219,6 +244,7 @@ def _run(
     targeted: bool,
     margin_kind: str,
     objective: str,
+    pieces: str = "active",
 ) -> Tensor:
     """``steps`` linearised box-constrained steps of budget radius/steps each, summed
     (Algorithm 1 for steps = 1, Algorithm 1-n otherwise). By the triangle inequality the total
@@ -227,7 +253,7 @@ def _run(
     step_radius = radius / steps
     with attack_mode(model):
         for _ in range(steps):
-            if objective == "margin" and not targeted:
+            if objective == "margin" and not targeted and pieces == "all":
                 eta = _best_piece_step(model, x, labels, step_radius, p, margin_kind)
             else:
                 _, grad = linearised_loss(
@@ -247,22 +273,38 @@ def gn(
     norm: NormLike = INF,
     targeted: bool = False,
     margin: str = "logits",
+    pieces: str = "active",
 ) -> Tensor:
     """Algorithm 1 of Balda et al. (2018): one closed-form solution of (GNII) (Proposition 2,
     Eq. 6; Eq. 7 for p = inf) with L the margin of Eq. (3), L(x) = min_{l != y} f_y(x) - f_l(x)
     (y = ``labels``, the true class; the paper's k(x) for correctly classified inputs).
 
-    L is a minimum of K - 1 pieces; each piece is linearised and (GNII) is solved for each in
-    closed form, keeping the piece with the lowest linearised value L_l - eps * ||grad L_l||_q.
-    Since the minima over eta and over l commute, this is the exact minimum of the linearised
-    margin over the ball (linearising only the active piece, the gradient of L at x, is not):
-    it needs all K class gradients (one batched backward), the cost the paper attributes to
-    Algorithm 1. On a linear classifier with ``margin='logits'`` it fools exactly when eps
-    exceeds the minimal distance to the decision boundary (box permitting).
+    ``pieces`` says how the minimum of K - 1 pieces is linearised:
+
+    * ``'active'`` (default): L(x) + eta^T grad L(x), with grad L(x) the gradient of the active
+      piece f_y - f_l*, l* = argmax_{l != y} f_l(x) (the gradient of L wherever it is
+      differentiable). This is (GNII) as the paper writes it (Section II: "L(x + eta) ~ L(x) +
+      eta^T grad L(x), where grad L(x) is the gradient of L(x)"); finding l* needs the K
+      scores only (Section IV: evaluating L "must search over all l", a forward-pass cost),
+      so one forward and one backward pass suffice, about the cost of one FGSM step.
+    * ``'all'``: every piece is linearised and (GNII) solved for each in closed form, keeping
+      the piece with the lowest linearised value L_l - eps * ||grad L_l||_q. Since the minima
+      over eta and over l commute, this is the exact minimum of the piecewise-linearised margin
+      over the ball; it needs all K class gradients (one batched backward of N*K samples, about
+      K times the cost). On a linear classifier with ``margin='logits'`` it fools exactly when
+      eps exceeds the minimal distance to the decision boundary (box permitting); 'active'
+      only guarantees that for the boundary of the runner-up class.
+
+    'active' is the default because it is (GNII) with the gradient of L as Eq. (GN) writes it
+    and costs about one FGSM pass; 'all' is a stronger single-step variant at about K times the
+    cost. The paper also says to "linearize L through the perturbation analysis performed on
+    each individual function" (Section II), which 'all' follows literally; its experiments do
+    not say which of the two was run.
 
     ``targeted=True`` uses L_t = f_k - f_t (Section III) with k the best class other than the
-    target t = ``labels``. ``norm`` is any p >= 1: p = inf moves every pixel by eps along
-    -sign(grad), p = 1 the largest-gradient coordinate, p = 2 the normalised gradient.
+    target t = ``labels``: a single piece, so ``pieces`` does not apply. ``norm`` is any
+    p >= 1: p = inf moves every pixel by eps along -sign(grad), p = 1 the largest-gradient
+    coordinate, p = 2 the normalised gradient.
 
     ``margin='logits'`` (default) takes f as the logits, as the authors' reference code does;
     it does not saturate on confident models. ``'probabilities'`` takes f as the softmax output
@@ -271,8 +313,8 @@ def gn(
     handled exactly for p in {1, inf} and by clipping otherwise (see ``gn_box_step``).
     Returns x + eta in [0, 1] with ||eta||_p <= eps (``eps`` a float or an (N,) tensor).
     """
-    p, radius = _prepare(model, inputs, labels, eps, norm, margin)
-    return _run(model, inputs, labels, radius, p, 1, targeted, margin, "margin")
+    p, radius = _prepare(model, inputs, labels, eps, norm, margin, pieces)
+    return _run(model, inputs, labels, radius, p, 1, targeted, margin, "margin", pieces)
 
 
 def gn_iterative(
@@ -285,17 +327,19 @@ def gn_iterative(
     steps: int = 10,
     targeted: bool = False,
     margin: str = "logits",
+    pieces: str = "active",
 ) -> Tensor:
     """Algorithm 1-n of Balda et al. (2018, Section IV): ``steps`` = n successive
-    linearisations of the Eq. (3) margin (all pieces, as in ``gn``; y stays the class of the
+    linearisations of the Eq. (3) margin (``pieces`` as in ``gn``: the active piece by default,
+    one backward pass per step; 'all' pieces at K times the cost; y stays the class of the
     clean input), each solved in closed form (Eq. 6/7, box as in ``gn_box_step``) with budget
     eps/n at the current iterate; the n steps are summed, so the total perturbation has
     ||eta||_p <= eps. No early stop: every sample takes all n steps, as in the paper.
     Other arguments as in ``gn``.
     """
     check_int(steps, "steps", 1)
-    p, radius = _prepare(model, inputs, labels, eps, norm, margin)
-    return _run(model, inputs, labels, radius, p, steps, targeted, margin, "margin")
+    p, radius = _prepare(model, inputs, labels, eps, norm, margin, pieces)
+    return _run(model, inputs, labels, radius, p, steps, targeted, margin, "margin", pieces)
 
 
 def gn_simple(

@@ -67,6 +67,7 @@ def adversarial_training(
     max_samples: int | None = None,
     progress: bool = True,
     save_as: str | None = None,
+    init_from: str | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train zoo architecture ``name`` on adversarial examples of ``attack`` (Liu & Cao, Eq. 6-7;
     Rony et al. 2019, Sec. 3.3; Madry et al. 2018 for PGD).
@@ -75,7 +76,8 @@ def adversarial_training(
     clean and adversarial loss (0: adversarial only); ``attack_kwargs`` go to the attack (e.g.
     ``{"steps": 100}``; for PGD also ``norm``). Returns ``(model, metrics)`` as
     ``advx.models.train`` does, with the checkpoint saved as ``save_as`` (default
-    ``<name>-adv-<attack>``) and resumed from after an interruption.
+    ``<name>-adv-<attack>``) and resumed from after an interruption. ``init_from`` fine-tunes
+    the weights of a trained zoo model (e.g. the clean ``name``) instead of starting from scratch.
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
@@ -104,4 +106,5 @@ def adversarial_training(
         max_samples=max_samples,
         save_as=save_as or f"{name}-adv-{info.name}",
         recipe_extra=extra,
+        init_from=init_from,
     )

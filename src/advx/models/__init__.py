@@ -4,7 +4,7 @@ Every zoo model takes inputs in [0, 1] and returns logits.
 """
 
 from .architectures import CifarCNN, MnistCNN, MnistFCNN, MnistLeNet5, MnistMLP
-from .checkpoints import load, load_demo_model, model_path, resolve_cache_dir
+from .checkpoints import load, load_demo_model, model_path, resolve_cache_dir, resolve_spec
 from .registry import MODELS, ModelSpec, get_spec, register
 from .training import evaluate, train
 
@@ -23,5 +23,6 @@ __all__ = [
     "model_path",
     "register",
     "resolve_cache_dir",
+    "resolve_spec",
     "train",
 ]

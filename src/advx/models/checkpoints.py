@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .registry import get_spec
+from .registry import ModelSpec, get_spec
 
 __all__ = [
     "BUNDLED",
@@ -18,6 +18,7 @@ __all__ = [
     "model_path",
     "read_checkpoint",
     "resolve_cache_dir",
+    "resolve_spec",
     "save_model",
 ]
 
@@ -51,9 +52,14 @@ def atomic_save(obj: Any, path: Path) -> None:
 
 
 def save_model(
-    model: nn.Module, name: str, path: str | os.PathLike, metrics: dict | None = None
+    model: nn.Module,
+    name: str,
+    path: str | os.PathLike,
+    metrics: dict | None = None,
+    architecture: str | None = None,
 ) -> Path:
-    """Save ``model``'s float32 CPU state dict with its name and metrics to ``path``."""
+    """Save ``model``'s float32 CPU state dict with its name, metrics and zoo ``architecture``
+    (the registered model it is an instance of; default ``name``) to ``path``."""
     state = {
         k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype)
         for k, v in model.state_dict().items()
@@ -61,6 +67,7 @@ def save_model(
     blob = {
         "format": "advx-model-v1",
         "name": name,
+        "architecture": architecture or name,
         "state_dict": state,
         "metrics": dict(metrics or {}),
     }
@@ -76,9 +83,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
 def _build_from(name: str, path: Path) -> nn.Module:
     blob = read_checkpoint(path)
     state = blob["state_dict"] if "state_dict" in blob else blob
-    model = get_spec(name).build()
+    architecture = blob.get("architecture", name) if "state_dict" in blob else name
+    model = get_spec(architecture).build()
     model.load_state_dict(state)
     return model.float().eval()
+
+
+def resolve_spec(name: str, cache_dir: str | os.PathLike | None = None) -> ModelSpec:
+    """The :class:`ModelSpec` of zoo model ``name`` or of a cached trained variant of one (such as
+    ``mnist-cnn-adv-ddn``, whose checkpoint records its architecture); ``ValueError`` if neither.
+    """
+    path = model_path(name, cache_dir)
+    if path.is_file():
+        blob = read_checkpoint(path)
+        if isinstance(blob, dict) and "architecture" in blob:
+            return get_spec(blob["architecture"])
+    return get_spec(name)
 
 
 def load(
@@ -91,14 +111,15 @@ def load(
 ) -> nn.Module:
     """Return zoo model ``name`` in eval mode.
 
-    Order: the cached ``<cache>/<name>.pt``; else the model bundled with the package (mnist-cnn);
-    else train it with its recipe (data from ``data_dir``) if ``train_if_missing``; else
-    ``FileNotFoundError`` naming the file looked for.
+    Order: the cached ``<cache>/<name>.pt`` (also for trained variants of a zoo architecture,
+    e.g. ``mnist-cnn-adv-ddn``, which record their architecture); else the model bundled with
+    the package (mnist-cnn); else train it with its recipe (data from ``data_dir``) if
+    ``train_if_missing``; else ``FileNotFoundError`` naming the file looked for.
     """
-    get_spec(name)
     path = model_path(name, cache_dir)
     if path.is_file():
         return _build_from(name, path)
+    get_spec(name)
     if name in BUNDLED and BUNDLED[name].is_file():
         return _build_from(name, BUNDLED[name])
     if not train_if_missing:

@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from torch import nn
 
-from .architectures import CifarCNN, MnistCNN, MnistFCNN, MnistLeNet5, MnistMLP
+from .architectures import (
+    CifarAlexLike,
+    CifarCNN,
+    CifarMLP,
+    MnistCNN,
+    MnistFCNN,
+    MnistLeNet5,
+    MnistMLP,
+)
 
 __all__ = ["INPUT_SHAPES", "MODELS", "ModelSpec", "get_spec", "register"]
 
 INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+TASKS = ("classification", "regression")
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,9 @@ class ModelSpec:
     and horizontal flip (CIFAR-style).
     ``channels_last`` trains in that memory format (faster for some CPU convolutions).
     ``expected_accuracy`` is the test accuracy the recipe is known to reach (a floor for checks).
+    ``task`` is "classification" (logits (N, K), cross-entropy) or "regression" (one output
+    (N, 1) regressing the label's value, mean squared error; its "accuracy" is that of the
+    output rounded to the nearest class, see ``training.predicted_labels``).
     """
 
     name: str
@@ -41,6 +54,7 @@ class ModelSpec:
     seed: int = 0
     expected_accuracy: float = 0.0
     description: str = ""
+    task: str = "classification"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -64,6 +78,8 @@ def register(spec: ModelSpec, *, overwrite: bool = False) -> ModelSpec:
         raise ValueError(f"optimizer must be 'adam' or 'sgd'; got {spec.optimizer!r}")
     if spec.schedule not in ("onecycle", "cosine", "constant"):
         raise ValueError(f"schedule must be onecycle, cosine or constant; got {spec.schedule!r}")
+    if spec.task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}; got {spec.task!r}")
     if spec.name in MODELS and not overwrite:
         raise ValueError(f"model {spec.name!r} is already registered")
     MODELS[spec.name] = spec
@@ -150,5 +166,77 @@ register(
         channels_last=True,
         expected_accuracy=0.72,
         description="Carlini-Wagner CIFAR-10 CNN (conv64x2-pool-conv128x2-pool-fc256x2)",
+    )
+)
+
+# Trust-region paper (Yao et al., CVPR 2019) models: AlexLike / AlexLike-S and the Swish MLP.
+# Recipes sized for 2 CPU cores (see the builders' docstrings for the architectures).
+register(
+    ModelSpec(
+        name="cifar-alexlike",
+        dataset="cifar10",
+        builder=partial(CifarAlexLike, activation="relu"),
+        epochs=8,
+        batch_size=128,
+        optimizer="adam",
+        lr=2e-3,
+        weight_decay=0.05,
+        schedule="onecycle",
+        augment=True,
+        channels_last=True,
+        expected_accuracy=0.70,
+        description="AlexLike (ReLU) of the trust-region paper: conv5x5(64)-pool-conv5x5(64)-pool-"
+        "fc384-fc192",
+    )
+)
+register(
+    ModelSpec(
+        name="cifar-alexlike-swish",
+        dataset="cifar10",
+        builder=partial(CifarAlexLike, activation="swish"),
+        epochs=8,
+        batch_size=128,
+        optimizer="adam",
+        lr=2e-3,
+        weight_decay=0.05,
+        schedule="onecycle",
+        augment=True,
+        channels_last=True,
+        expected_accuracy=0.70,
+        description="AlexLike-S (Swish) of the trust-region paper, smooth for second-order attacks",
+    )
+)
+register(
+    ModelSpec(
+        name="cifar-mlp-swish",
+        dataset="cifar10",
+        builder=partial(CifarMLP, activation="swish"),
+        epochs=8,
+        batch_size=128,
+        optimizer="adam",
+        lr=1e-3,
+        weight_decay=0.05,
+        schedule="onecycle",
+        augment=False,
+        expected_accuracy=0.50,
+        description="MLP 3072-1024-512-512-256-10 (Swish) of the trust-region paper's Table 5",
+    )
+)
+
+# A regression model for the convex-programming paper's Section III attack (regression_attack):
+# LeNet-5 with one output, trained with MSE to predict the digit's value (0-9) of an MNIST image.
+register(
+    ModelSpec(
+        name="mnist-regress",
+        dataset="mnist",
+        builder=partial(MnistLeNet5, num_classes=1),
+        epochs=8,
+        batch_size=128,
+        optimizer="adam",
+        lr=3e-3,
+        schedule="onecycle",
+        expected_accuracy=0.9,
+        description="LeNet-5 regressing the digit value (one output, MSE); accuracy = rounded",
+        task="regression",
     )
 )

@@ -10,7 +10,8 @@ Hooks for later training schemes (adversarial training, distillation):
 - ``batch_transform(model, x, y) -> (x, y)`` is called on every training batch after
   augmentation and before the forward pass (the model is in train mode; the hook may switch
   modes but must restore train mode), e.g. to replace ``x`` by adversarial examples.
-- ``loss_fn(logits, y) -> scalar`` replaces the default cross-entropy (``y`` may then be soft
+- ``loss_fn(logits, y) -> scalar`` replaces the default loss (cross-entropy, or the mean
+  squared error of ``regression_loss`` for ``task="regression"`` models; ``y`` may then be soft
   labels, as returned by ``batch_transform``).
 """
 
@@ -33,7 +34,16 @@ from ..data import load_dataset
 from .checkpoints import atomic_save, model_path, read_checkpoint, resolve_cache_dir, save_model
 from .registry import ModelSpec, get_spec
 
-__all__ = ["BatchTransform", "LossFn", "augment_crop_flip", "evaluate", "train"]
+__all__ = [
+    "BatchTransform",
+    "LossFn",
+    "augment_crop_flip",
+    "default_loss",
+    "evaluate",
+    "predicted_labels",
+    "regression_loss",
+    "train",
+]
 
 BatchTransform = Callable[[nn.Module, Tensor, Tensor], tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -41,6 +51,25 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 
 def _epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**62)
+
+
+def regression_loss(outputs: Tensor, labels: Tensor) -> Tensor:
+    """Mean squared error between a single-output model's (N, 1) or (N,) outputs and the
+    labels' values (the loss of ``task="regression"`` zoo models)."""
+    return F.mse_loss(outputs.reshape(-1), labels.to(outputs.dtype).reshape(-1))
+
+
+def predicted_labels(outputs: Tensor) -> Tensor:
+    """Classes predicted from model outputs: argmax of (N, K) logits, or, for a single output
+    ((N,) or (N, 1), a regression of the label's value), that value rounded to an integer."""
+    if outputs.dim() == 1 or outputs.shape[1] == 1:
+        return outputs.reshape(-1).round().long()
+    return outputs.argmax(1)
+
+
+def default_loss(spec: ModelSpec) -> LossFn:
+    """Cross-entropy for classifiers, ``regression_loss`` for ``task="regression"`` models."""
+    return regression_loss if spec.task == "regression" else F.cross_entropy
 
 
 def augment_crop_flip(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
@@ -104,7 +133,8 @@ def evaluate(
     batch_size: int = 1000,
     channels_last: bool = False,
 ) -> float:
-    """Accuracy of ``model`` (eval mode, restored afterwards) on ``images``/``labels``."""
+    """Accuracy of ``model`` (eval mode, restored afterwards) on ``images``/``labels``; the
+    predicted class is ``predicted_labels`` of the outputs (rounded value for regressors)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -112,7 +142,7 @@ def evaluate(
     for start in range(0, images.shape[0], batch_size):
         x = _to_format(images[start : start + batch_size].to(device), channels_last)
         y = labels[start : start + batch_size].to(device)
-        correct += int((model(x).argmax(1) == y).sum())
+        correct += int((predicted_labels(model(x)) == y).sum())
     model.train(was_training)
     return correct / max(1, images.shape[0])
 
@@ -154,7 +184,7 @@ def _run_epoch(
         total_loss += float(loss.detach()) * x.shape[0]
         seen += x.shape[0]
         if y.dim() == 1:
-            correct += int((logits.argmax(1) == y).sum())
+            correct += int((predicted_labels(logits) == y).sum())
         bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
     return {"train_loss": total_loss / max(1, seen), "train_accuracy": correct / max(1, seen)}
 
@@ -173,6 +203,22 @@ def _recipe(spec: ModelSpec, epochs: int, seed: int, max_samples: int | None) ->
         "schedule": spec.schedule,
         "augment": spec.augment,
     }
+
+
+def _initial_weights(init_from: str, spec: ModelSpec, data_dir, cache_dir) -> dict:
+    """The state dict of trained zoo model ``init_from``; ``ValueError`` unless its architecture
+    matches ``spec``'s."""
+    from .checkpoints import load  # local: checkpoints trains through this module
+
+    source = load(init_from, data_dir=data_dir, cache_dir=cache_dir)
+    state = source.state_dict()
+    expected = spec.build().state_dict()
+    shapes = {k: v.shape for k, v in state.items()}
+    if shapes != {k: v.shape for k, v in expected.items()}:
+        raise ValueError(
+            f"init_from: model {init_from!r} does not have the architecture of {spec.name!r}"
+        )
+    return state
 
 
 def _try_resume(path: Path, recipe: dict, model: nn.Module, opt, sched) -> tuple[int, list]:
@@ -205,8 +251,14 @@ def train(
     device: str | torch.device = "cpu",
     save_as: str | None = None,
     recipe_extra: dict | None = None,
+    init_from: str | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train zoo model ``name`` with its recipe; return ``(model in eval mode, metrics)``.
+
+    ``init_from`` starts from the weights of another trained model of the same architecture
+    (a zoo name, loaded with ``advx.models.load``: cached checkpoint, bundled weights, or trained
+    first) instead of a random initialisation: fine-tuning, e.g. adversarial training of a
+    pretrained classifier.
 
     ``save_as`` names the checkpoint files instead of ``name`` (adversarially trained variants);
     ``recipe_extra`` adds settings that a checkpoint must match to be resumed from.
@@ -219,6 +271,7 @@ def train(
     See the module docstring for ``loss_fn`` and ``batch_transform``.
     """
     spec = get_spec(name)
+    architecture = spec.name
     if save_as is not None:
         spec = dataclasses.replace(spec, name=save_as)
     epochs = spec.epochs if epochs is None else int(epochs)
@@ -236,11 +289,13 @@ def train(
             seed,
             cache_dir,
             progress,
-            loss_fn or F.cross_entropy,
+            loss_fn or default_loss(spec),
             batch_transform,
             max_samples,
             device,
             recipe_extra,
+            init_from,
+            architecture,
         )
 
 
@@ -256,6 +311,8 @@ def _train(
     max_samples,
     device,
     recipe_extra=None,
+    init_from=None,
+    architecture=None,
 ) -> tuple[nn.Module, dict]:
     x_train, y_train = load_dataset(spec.dataset, "train", data_dir)
     x_test, y_test = load_dataset(spec.dataset, "test", data_dir)
@@ -263,6 +320,8 @@ def _train(
         x_train, y_train = x_train[:max_samples], y_train[:max_samples]
     torch.manual_seed(seed)
     model = spec.build().to(device)
+    if init_from is not None:
+        model.load_state_dict(_initial_weights(init_from, spec, data_dir, cache_dir))
     if spec.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = _optimizer(spec, model)
@@ -271,6 +330,8 @@ def _train(
     recipe = _recipe(spec, epochs, seed, max_samples)
     if recipe_extra:
         recipe["extra"] = recipe_extra
+    if init_from is not None:
+        recipe["init_from"] = init_from
     ckpt_path = resolve_cache_dir(cache_dir) / f"{spec.name}.ckpt"
     start, history = _try_resume(ckpt_path, recipe, model, opt, sched)
     for epoch in range(start, epochs):
@@ -317,5 +378,5 @@ def _train(
         "history": history,
     }
     model = model.to(memory_format=torch.contiguous_format).eval()
-    save_model(model, spec.name, model_path(spec.name, cache_dir), metrics)
+    save_model(model, spec.name, model_path(spec.name, cache_dir), metrics, architecture)
     return model, metrics
