@@ -152,6 +152,8 @@ def test_rejects_bad_arguments():
         trust_region(model, x, y, candidates=0)
     with pytest.raises(ValueError, match="inputs"):
         trust_region(model, x + 2, y)
+    with pytest.raises(TypeError, match="callback"):
+        trust_region(model, x, y, callback=3)
 
 
 # --------------------------------------------------------------------------- second order
@@ -254,3 +256,27 @@ def test_second_order_adaptive_defaults_reach_the_sphere():
     adv = trust_region(model, x, y, order=2)
     assert (model(adv).argmax(1) != y).all()
     assert (lp_norm(adv - x, 2) / optimum <= 1.02 + 1e-6).all()
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_callback_reports_the_state_after_each_iteration(order):
+    """The callback's success mask after iteration k equals the success of a run with
+    steps=k (one run gives Table 5's accuracy after k = 1..K iterations)."""
+    model = _relu_mlp(seed=5, act=nn.Tanh)
+    x = torch.rand(12, 1, 4, 4, dtype=torch.float64)
+    y = model(x).argmax(1)
+    seen = {}
+
+    def record(k, iterates, succeeded):
+        seen[k] = (iterates.clone(), succeeded.clone())
+
+    radius = 0.05
+    trust_region(model, x, y, adaptive=False, radius=radius, steps=6, order=order, callback=record)
+    assert not seen[0][1].any() and torch.equal(seen[0][0], x)
+    for k in range(1, 7):
+        adv = trust_region(model, x, y, adaptive=False, radius=radius, steps=k, order=order)
+        fooled = model(adv).argmax(1) != y
+        state = seen.get(k, seen[max(seen)])
+        assert torch.equal(state[1], fooled)
+        assert torch.allclose(state[0][fooled], adv[fooled])
+    assert any(0 < seen[k][1].sum() < 12 for k in seen)  # the radius makes it gradual

@@ -1,0 +1,509 @@
+"""Trust-region attack: the structure of Tables 1, 2 and 5 and Figure 4 of Yao, Gholami, Xu,
+Keutzer & Mahoney, "Trust Region Based Adversarial Attack on Neural Networks", CVPR 2019
+(../shared/papers/trust-region-attack.txt), on our models.
+
+On the first ``--n`` correctly classified test images of each model (among the first 1000):
+
+* Table 1 (best class): average / worst relative perturbation rho_p = ||delta||_p / ||x||_p
+  (eq. (4)) over the successful samples, success rate and seconds per image, for
+  L2: DeepFool-L2, C&W L2 (``--cw-search`` x ``--cw-steps``, default 9 x 1000,
+  initial constant ``--cw-c-init`` 1e-3), TR fixed radius
+  ("TR Non-Adap"), TR adaptive ("TR Adap");
+  Linf: DeepFool-Linf; "I-FGSM": ``ifgm`` with 10 steps of 2.5 eps / 10 at the smallest eps per
+  sample (eps doubled from 1/255 until it fools, then bisected ``--ifgsm-bisect`` times), a
+  stronger baseline than the paper's; "I-FGSM fixed step": the paper's Sec. 4.1 iteration
+  x <- clip(x + eps sign(grad CE)) with eps = ``--ifgsm-step`` (1/255), the first fooling
+  iterate, at most ``--ifgsm-max-steps``; TR fixed, TR adaptive. TR fixed keeps the attack's
+  default first radius (d0/4, d0 the first linearised distance of each sample) for the whole
+  run, or ``--fixed-radius`` (absolute).
+* Table 2 (hardest class): the class with the largest linearised distance at the start.
+  "[hardest]" rows use ``trust_region(target='hardest')``'s own choice, success = any
+  misclassification (the paper's protocol); "DeepFool [hardest]" is DeepFool's step towards
+  that same class (``trust_region`` with an unbounded fixed radius: the first-order TR step
+  then is the DeepFool step f / ||g||_q, with DeepFool's overshoot and box handling).
+  "-> class" rows attack ``select_targets(mode='hardest')``'s class as a fixed target
+  (``deepfool(target=)``, ``trust_region(target=)``), success = that class wins.
+* Table 5: model accuracy (on the first ``--t5-n`` test images, misclassified ones included, as
+  the paper's baseline accuracy) after k = 1..10 iterations of first- and second-order TR (L2,
+  best class, fixed radius ``--t5-radius``, default 0.2 in [0, 1] pixel units, which plays the
+  paper's radius 1 on normalised inputs), on the Swish models, with seconds per image.
+* Figure 4: average and worst rho_2 against seconds per image, one point per (model, L2
+  attack), ``<out>/fig4_perturbation_vs_time.png``.
+
+The paper's target figures are checked at the end and printed as HOLDS / FAILS.
+
+    python benchmarks/trust_region.py --models mnist-cnn cifar-cnn cifar-alexlike \
+        cifar-alexlike-swish --n 1000 --out results/trust_region
+    python benchmarks/trust_region.py --models mnist-cnn --n 100 --cw-search 9 --cw-steps 1000
+    python benchmarks/trust_region.py --models cifar-mlp-swish --n 100 --t5-n 500
+
+Models whose checkpoint is not cached are skipped unless ``--train``. Rows are appended to
+``<out>/results.jsonl`` as they are measured; a rerun skips the rows already there (resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from advx.attacks import carlini_wagner_l2, deepfool, ifgm, select_targets, trust_region
+from advx.attacks._core import INF, lp_norm
+from advx.data import first_correct, load_dataset
+from advx.models import get_spec, load
+
+DEFAULT_MODELS = [
+    "mnist-cnn",
+    "cifar-cnn",
+    "cifar-alexlike",
+    "cifar-alexlike-swish",
+    "cifar-mlp-swish",
+]
+SWISH_MODELS = ("cifar-mlp-swish", "cifar-alexlike-swish")
+L2_BEST = ("DeepFool", "C&W", "TR fixed", "TR adaptive")
+LINF_BEST = ("DeepFool", "I-FGSM", "I-FGSM fixed step", "TR fixed", "TR adaptive")
+HARDEST = (
+    "DeepFool [hardest]",
+    "TR fixed [hardest]",
+    "TR adaptive [hardest]",
+    "DeepFool -> class",
+    "TR adaptive -> class",
+)
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def _minimal_ifgsm(model, x, y, *, steps: int = 10, bisect: int = 6, eps0: float = 1 / 255):
+    """I-FGSM (Kurakin et al.; the paper's iterative FGSM baseline) with the smallest Linf budget
+    per sample: eps doubles from ``eps0`` until the attack fools (at most 1), then ``bisect``
+    bisection rounds; returns the adversarial found at the smallest fooling eps."""
+    n = x.shape[0]
+    lo, hi = torch.zeros(n), torch.full((n,), float("nan"))
+    best = x.clone()
+    eps = torch.full((n,), eps0)
+
+    def attempt(e):
+        adv = ifgm(model, x, y, eps=e, norm=INF, steps=steps, step_size=2.5 * e / steps)
+        with torch.no_grad():
+            return adv, model(adv).argmax(1) != y
+
+    while True:  # doubling, per sample, on those without an upper bound
+        todo = torch.isnan(hi) & (eps <= 1.0)
+        if not todo.any():
+            break
+        adv, ok = attempt(eps)
+        hit = todo & ok
+        hi[hit], best[hit] = eps[hit], adv[hit]
+        lo[todo & ~ok] = eps[todo & ~ok]
+        eps = torch.where(todo & ~ok, eps * 2, eps)
+    found = ~torch.isnan(hi)
+    for _ in range(bisect):
+        if not found.any():
+            break
+        mid = torch.where(found, (lo + hi) / 2, torch.ones(n))
+        adv, ok = attempt(mid)
+        hit = found & ok
+        hi[hit], best[hit] = mid[hit], adv[hit]
+        lo[found & ~ok] = mid[found & ~ok]
+    return best
+
+
+def _attack(model, x, y, name: str, p: float, args, targets=None):
+    """The adversarials of attack ``name`` (a Table 1/2 row label) for norm p."""
+    fixed = {} if args.fixed_radius is None else {"radius": args.fixed_radius}
+    if name == "DeepFool":
+        return deepfool(model, x, y, norm=p)
+    if name == "DeepFool -> class":
+        return deepfool(model, x, y, norm=p, target=targets)
+    if name == "C&W":
+        return carlini_wagner_l2(
+            model,
+            x,
+            y,
+            binary_search_steps=args.cw_search,
+            steps=args.cw_steps,
+            c_init=args.cw_c_init,
+        )
+    if name == "I-FGSM":
+        return _minimal_ifgsm(model, x, y, bisect=args.ifgsm_bisect)
+    if name == "I-FGSM fixed step":  # the paper's: x <- x + eps sign(grad) until fooled
+        step, count = args.ifgsm_step, args.ifgsm_max_steps
+        return ifgm(model, x, y, eps=min(1.0, step * count), steps=count, step_size=step)
+    if name == "TR fixed":
+        return trust_region(model, x, y, norm=p, adaptive=False, **fixed)
+    if name == "TR adaptive":
+        return trust_region(model, x, y, norm=p)
+    if name == "DeepFool [hardest]":  # DeepFool's step (eq. 10-11 of its paper) = TR, radius inf
+        return trust_region(model, x, y, norm=p, target="hardest", adaptive=False, radius=1e9)
+    if name == "TR fixed [hardest]":
+        return trust_region(model, x, y, norm=p, target="hardest", adaptive=False, **fixed)
+    if name == "TR adaptive [hardest]":
+        return trust_region(model, x, y, norm=p, target="hardest")
+    if name == "TR adaptive -> class":
+        return trust_region(model, x, y, norm=p, target=targets)
+    raise ValueError(name)
+
+
+def _measure(model, x, y, name: str, p: float, args, targets=None) -> dict:
+    advs, start = [], time.perf_counter()
+    for i in range(0, x.shape[0], args.batch_size):
+        sl = slice(i, i + args.batch_size)
+        t = None if targets is None else targets[sl]
+        advs.append(_attack(model, x[sl], y[sl], name, p, args, t))
+    seconds = time.perf_counter() - start
+    adv = torch.cat(advs)
+    with torch.no_grad():
+        pred = torch.cat([model(adv[i : i + 500]).argmax(1) for i in range(0, len(adv), 500)])
+    success = pred == targets if name.endswith("-> class") else pred != y
+    delta = adv - x
+    rho = (lp_norm(delta, p) / lp_norm(x, p))[success].tolist()
+    absolute = lp_norm(delta, p)[success].tolist()
+    return {
+        "success": success.float().mean().item(),
+        "avg_rho": statistics.fmean(rho) if rho else math.nan,
+        "median_rho": statistics.median(rho) if rho else math.nan,
+        "worst_rho": max(rho) if rho else math.nan,
+        "avg_norm": statistics.fmean(absolute) if absolute else math.nan,
+        "median_norm": statistics.median(absolute) if absolute else math.nan,
+        "seconds_per_image": seconds / x.shape[0],
+        "rho": [round(r, 6) for r in rho],
+    }
+
+
+def _table5_rows(model, x, y, order: int, steps: int, radius: float, batch: int) -> list[dict]:
+    """Accuracy after k = 1..steps fixed-radius TR iterations (L2, best class) of the given
+    order, from one run per batch (``trust_region``'s callback), with the cumulative seconds
+    per image up to iteration k."""
+    fooled = torch.zeros(steps + 1, x.shape[0], dtype=torch.bool)
+    seconds = torch.zeros(steps + 1)
+    for i in range(0, x.shape[0], batch):
+        sl = slice(i, i + batch)
+        start = time.perf_counter()
+        marks = {}
+
+        def record(k, _iterates, succeeded, marks=marks, start=start):
+            marks[k] = (succeeded.clone(), time.perf_counter() - start)
+
+        trust_region(
+            model,
+            x[sl],
+            y[sl],
+            adaptive=False,
+            radius=radius,
+            steps=steps,
+            order=order,
+            callback=record,
+        )
+        last = max(marks)
+        for k in range(steps + 1):  # after the last call every sample has succeeded
+            mask, elapsed = marks[min(k, last)]
+            fooled[k, sl] = mask
+            seconds[k] += elapsed
+    return [
+        {
+            "k": k,
+            "accuracy": 1 - fooled[k].float().mean().item(),
+            "seconds_per_image": seconds[k].item() / x.shape[0],
+        }
+        for k in range(1, steps + 1)
+    ]
+
+
+# --------------------------------------------------------------------------- bookkeeping
+
+
+def _done(path: Path) -> dict[tuple, dict]:
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {_key(r): r for r in rows}
+
+
+def _key(row: dict) -> tuple:
+    return (row["model"], row["table"], row["attack"], row["norm"], row.get("k"), row["n"])
+
+
+def _append(path: Path, row: dict, done: dict) -> dict:
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    done[_key(row)] = row
+    return row
+
+
+def _fmt(row: dict | None) -> str:
+    if row is None:
+        return f"{'-':>24}"
+    if row["success"] == 0:
+        return f"{'no success':>24}"
+    text = f"{100 * row['avg_rho']:.2f}% / {100 * row['worst_rho']:.2f}%"
+    return f"{text:>17} {100 * row['success']:>5.1f}%"
+
+
+def _norm_name(p: float) -> str:
+    return "linf" if p == INF else "l2"
+
+
+# --------------------------------------------------------------------------- per model
+
+
+def _load(name: str, args):
+    try:
+        return load(name, args.data_dir, train_if_missing=args.train).eval()
+    except FileNotFoundError as err:
+        print(f"\n{name}: skipped ({err}); use --train to train it")
+        return None
+
+
+def _tables_1_2(name, model, x, y, args, results, done) -> None:
+    hard = {p: select_targets(model, x, y, mode="hardest", norm=p) for p in (2.0, INF)}
+    for table, groups in (
+        ("1", ((2.0, L2_BEST), (INF, LINF_BEST))),
+        ("2", ((2.0, HARDEST), (INF, HARDEST))),
+    ):
+        if table not in args.tables:
+            continue
+        for p, attacks in groups:
+            print(
+                f"\n[{name}] Table {table} ({'best' if table == '1' else 'hardest'} class), "
+                f"rho_{'inf' if p == INF else 2}: avg / worst, success, s/img"
+            )
+            for attack in attacks:
+                if attack == "C&W" and args.cw_search == 0:
+                    continue
+                key = (name, table, attack, _norm_name(p), None, x.shape[0])
+                row = done.get(key)
+                if row is None:
+                    row = _measure(model, x, y, attack, p, args, hard[p] if table == "2" else None)
+                    row |= {
+                        "model": name,
+                        "table": table,
+                        "attack": attack,
+                        "norm": _norm_name(p),
+                        "n": x.shape[0],
+                    }
+                    if attack == "C&W":
+                        row["budget"] = f"{args.cw_search}x{args.cw_steps} c0={args.cw_c_init:g}"
+                    _append(results, row, done)
+                print(
+                    f"  {attack:<24}{_fmt(row)} {row['seconds_per_image']:>9.4f} s/img", flush=True
+                )
+
+
+def _table_5(name, model, args, results, done) -> None:
+    images, labels = load_dataset(get_spec(name).dataset, "test", args.data_dir)
+    x, y = images[: args.t5_n], labels[: args.t5_n]
+    with torch.no_grad():
+        clean = (model(x).argmax(1) == y).float().mean().item()
+    print(
+        f"\n[{name}] Table 5: accuracy (%) after k TR iterations (L2, best class, fixed radius "
+        f"{args.t5_radius}), first {len(y)} test images, clean {100 * clean:.2f}%"
+    )
+    print(f"  {'k':<10}" + "".join(f"{k:>7}" for k in range(1, args.t5_k + 1)))
+    for order in (1, 2):
+        attack = f"TR order {order} r={args.t5_radius}"
+        keys = [(name, "5", attack, "l2", k, len(y)) for k in range(1, args.t5_k + 1)]
+        if not all(key in done for key in keys):
+            rows = _table5_rows(model, x, y, order, args.t5_k, args.t5_radius, args.batch_size)
+            for row in rows:
+                row |= {
+                    "model": name,
+                    "table": "5",
+                    "attack": attack,
+                    "norm": "l2",
+                    "n": len(y),
+                    "clean_accuracy": clean,
+                }
+                _append(results, row, done)
+        accs = [done[key]["accuracy"] for key in keys]
+        secs = [done[key]["seconds_per_image"] for key in keys]
+        label = "TR First" if order == 1 else "TR Second"
+        print(f"  {label:<10}" + "".join(f"{100 * a:>7.2f}" for a in accs))
+        print(f"  {'  s/img':<10}" + "".join(f"{s:>7.3f}" for s in secs), flush=True)
+    print("  (accuracy: clean-misclassified count as wrong; s/img: cumulative up to k)")
+
+
+# --------------------------------------------------------------------------- checks and plot
+
+
+def _row(done, model, table, attack, norm):
+    rows = [r for k, r in done.items() if k[:4] == (model, table, attack, norm)]
+    return max(rows, key=lambda r: r["n"]) if rows else None
+
+
+def _check(label: str, ok: bool | None, detail: str) -> None:
+    state = "n/a" if ok is None else ("HOLDS" if ok else "FAILS")
+    print(f"  [{state:>5}] {label}: {detail}")
+
+
+def _targets(models, done) -> None:
+    print("\nPaper targets")
+    for m in models:
+        cw, tr = _row(done, m, "1", "C&W", "l2"), _row(done, m, "1", "TR adaptive", "l2")
+        if cw and tr and cw["success"] > 0:
+            ratio = tr["median_rho"] / cw["median_rho"]
+            speed = cw["seconds_per_image"] / tr["seconds_per_image"]
+            _check(
+                f"{m} TR adaptive L2 median within 3% of C&W",
+                ratio <= 1.03,
+                f"ratio {ratio:.3f} (C&W budget {cw.get('budget')})",
+            )
+            _check(f"{m} TR adaptive >= 30x faster than C&W", speed >= 30, f"{speed:.1f}x")
+        df = _row(done, m, "1", "DeepFool", "linf")
+        tri = _row(done, m, "1", "TR adaptive", "linf")
+        for baseline in ("I-FGSM fixed step", "I-FGSM"):
+            fg = _row(done, m, "1", baseline, "linf")
+            if df and fg and tri:
+                _check(
+                    f"{m} TR Linf avg rho below DeepFool's and {baseline}'s",
+                    tri["avg_rho"] < min(df["avg_rho"], fg["avg_rho"]),
+                    f"{100 * tri['avg_rho']:.3f}% vs DF {100 * df['avg_rho']:.3f}%, "
+                    f"{baseline} {100 * fg['avg_rho']:.3f}%",
+                )
+        if df and tri:
+            _check(
+                f"{m} TR Linf worst <= 0.8x DeepFool's",
+                tri["worst_rho"] <= 0.8 * df["worst_rho"],
+                f"{tri['worst_rho'] / df['worst_rho']:.3f}x",
+            )
+        for attack, ref in (
+            ("TR adaptive [hardest]", "DeepFool [hardest]"),
+            ("TR adaptive -> class", "DeepFool -> class"),
+        ):
+            trh, dfh = _row(done, m, "2", attack, "l2"), _row(done, m, "2", ref, "l2")
+            if trh and dfh and dfh["success"] > 0:
+                ratio = trh["avg_rho"] / dfh["avg_rho"]
+                _check(
+                    f"{m} hardest: {attack} avg rho_2 <= 0.75x {ref}",
+                    ratio <= 0.75,
+                    f"{ratio:.3f}x (success {trh['success']:.2f} vs {dfh['success']:.2f})",
+                )
+        table5 = [r for r in done.values() if r["model"] == m and r["table"] == "5"]
+        n5 = max((r["n"] for r in table5), default=0)  # the largest run only
+        first, second = (
+            sorted(
+                (r for r in table5 if r["n"] == n5 and r["attack"].startswith(f"TR order {o}")),
+                key=lambda r: r["k"],
+            )
+            for o in (1, 2)
+        )
+        if first and second:
+            pairs = [
+                (a["accuracy"], b["accuracy"]) for a, b in zip(first, second) if a["k"] == b["k"]
+            ]
+            wins = sum(b < a for a, b in pairs)
+            ties = sum(b == a for a, b in pairs)
+            _check(
+                f"{m} second order beats first at equal iterations",
+                wins + ties == len(pairs) and wins > 0,
+                f"lower accuracy at {wins}/{len(pairs)} k, equal at {ties} (n={n5})",
+            )
+
+
+def _plot(models, done, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = dict(zip(L2_BEST, "os^D"))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    plotted = False
+    for ci, m in enumerate(models):
+        for attack in L2_BEST:
+            row = _row(done, m, "1", attack, "l2")
+            if row is None or row["success"] == 0:
+                continue
+            plotted = True
+            for ax, stat in zip(axes, ("avg_rho", "worst_rho")):
+                ax.scatter(
+                    row["seconds_per_image"],
+                    100 * row[stat],
+                    marker=markers[attack],
+                    color=colors[ci % len(colors)],
+                    label=f"{m} {attack}",
+                )
+    if not plotted:
+        plt.close(fig)
+        return
+    for ax, title in zip(axes, ("average", "worst case")):
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="seconds per image",
+            ylabel=f"{title} rho_2 (%)",
+            title=f"L2 best class: {title} perturbation vs time",
+        )
+    axes[1].legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(out / "fig4_perturbation_vs_time.png", dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    """Run the trust-region benchmark (Yao et al., CVPR 2019, Tables 1, 2, 5 and Figure 4)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--n", type=int, default=1000, help="correctly classified images")
+    parser.add_argument("--tables", nargs="+", default=["1", "2", "5"], choices=["1", "2", "5"])
+    parser.add_argument(
+        "--cw-search", type=int, default=9, help="C&W binary-search rounds (0: skip)"
+    )
+    parser.add_argument("--cw-steps", type=int, default=1000, help="C&W Adam steps per round")
+    parser.add_argument("--cw-c-init", type=float, default=1e-3, help="C&W initial constant")
+    parser.add_argument("--ifgsm-bisect", type=int, default=6)
+    parser.add_argument("--ifgsm-step", type=float, default=1 / 255, help="fixed-step I-FGSM")
+    parser.add_argument("--ifgsm-max-steps", type=int, default=128)
+    parser.add_argument(
+        "--fixed-radius",
+        type=float,
+        default=None,
+        help="TR fixed radius (absolute; default: each sample's d0/4)",
+    )
+    parser.add_argument("--t5-n", type=int, default=500)
+    parser.add_argument("--t5-k", type=int, default=10)
+    parser.add_argument("--t5-radius", type=float, default=0.2, help="L2 radius in [0,1] units")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--train", action="store_true", help="train missing models")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default="results/trust_region")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    done = _done(results)
+    evaluated = []
+    for name in args.models:
+        model = _load(name, args)
+        if model is None:
+            continue
+        evaluated.append(name)
+        if "1" in args.tables or "2" in args.tables:
+            images, labels = load_dataset(get_spec(name).dataset, "test", args.data_dir)
+            x, y, _ = first_correct(model, images[:1000], labels[:1000], args.n)
+            with torch.no_grad():
+                acc = (model(images[:1000]).argmax(1) == labels[:1000]).float().mean().item()
+            print(
+                f"\n{name}: accuracy {100 * acc:.2f}% on the first 1000 test images; "
+                f"attacking the first {len(y)} correct"
+            )
+            _tables_1_2(name, model, x, y, args, results, done)
+        if "5" in args.tables and name in SWISH_MODELS:
+            _table_5(name, model, args, results, done)
+    _targets(evaluated, done)
+    _plot(list(dict.fromkeys(r["model"] for r in done.values())), done, out)  # every model
+
+
+if __name__ == "__main__":
+    main()
