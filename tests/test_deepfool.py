@@ -6,7 +6,7 @@ from linear_harness import make_problem, minimal_distance
 from torch import nn
 
 from advx.attacks._core import INF, lp_norm
-from advx.attacks.deepfool import candidate_classes, class_gradients, deepfool
+from advx.attacks.deepfool import STEP_EPSILON, candidate_classes, class_gradients, deepfool
 
 NORMS = [2.0, INF]
 
@@ -52,8 +52,9 @@ def test_untargeted_reaches_optimum_within_overshoot(k, p):
     model, x, y = make_problem(n=16, k=k, seed=k, dtype=torch.float64)
     adv = deepfool(model, x, y, norm=p)
     assert (model(adv).argmax(1) != y).all()
-    ratio = lp_norm(adv - x, p) / minimal_distance(model, x, y, p)
-    assert (ratio <= 1.02 + 1e-6).all() and (ratio >= 1 - 1e-6).all()
+    # one step onto the nearest boundary, lengthened by STEP_EPSILON, then the 2% overshoot
+    expected = 1.02 * (minimal_distance(model, x, y, p) + STEP_EPSILON)
+    assert torch.allclose(lp_norm(adv - x, p), expected, rtol=1e-9)
 
 
 @pytest.mark.parametrize("p", NORMS)
@@ -66,8 +67,8 @@ def test_targeted_two_classes_is_exact(p, how):
     else:
         adv = deepfool(model, x, t, norm=p, targeted=True)
     assert (model(adv).argmax(1) == t).all()
-    ratio = lp_norm(adv - x, p) / minimal_distance(model, x, y, p, targets=t)
-    assert (ratio <= 1.02 + 1e-6).all()
+    expected = 1.02 * (minimal_distance(model, x, y, p, targets=t) + STEP_EPSILON)
+    assert torch.allclose(lp_norm(adv - x, p), expected, rtol=1e-9)
 
 
 @pytest.mark.parametrize("p", NORMS)
@@ -128,16 +129,59 @@ def test_rejects_bad_arguments():
 
 
 def test_saturated_pixels_do_not_stall_the_box_constrained_step():
-    """Half the pixels sit on the box boundary (as in MNIST): the step moves only the pixels
-    free to move and still lands on the exact box-constrained optimum (a QP) with overshoot."""
+    """Half the pixels sit on the box boundary (as in MNIST): the clipped part of each step is
+    dropped from the accumulated perturbation, and the iterations re-linearise until they land
+    on the exact box-constrained optimum (a QP) within the overshoot."""
     from test_cw import exact_targeted_l2
 
     model, x, _ = make_problem(n=16, k=2, seed=6, dtype=torch.float64)
     x = x.clone()
     x[:, :, :2] = (x[:, :, :2] > 0.5).double()
     y = model(x).argmax(1)
-    adv = deepfool(model, x, y, steps=3)
+    adv = deepfool(model, x, y, steps=10)
     assert (model(adv).argmax(1) != y).all()
     assert adv.min() >= 0 and adv.max() <= 1
     ratio = lp_norm(adv - x, 2) / exact_targeted_l2(model, x, 1 - y)
     assert (ratio <= 1.02 + 1e-6).all()
+
+
+def _reference_deepfool(model, x0, labels, p, steps=50, overshoot=0.02, candidates=10):
+    """Plain DeepFool as in the authors' code and foolbox: candidates = top classes by clean
+    logit, step (|f| / ||w||_q + 1e-4) along the unit-Lp steepest direction of w, unclipped
+    accumulated r, x = clip(x0 + (1 + overshoot) r)."""
+    classes = model(x0).argsort(1, descending=True)[:, :candidates].detach()
+    r_total, x = torch.zeros_like(x0), x0.clone()
+    rows = torch.arange(len(x0))
+    for _ in range(steps):
+        logits, grads = class_gradients(model, x, classes)
+        active = logits.argmax(1) == labels
+        if not active.any():
+            break
+        z = logits.gather(1, classes)
+        f, w = (z[:, 1:] - z[:, :1]), (grads[:, 1:] - grads[:, :1]).flatten(2)
+        w_norm = w.norm(dim=2) if p == 2 else w.abs().sum(2)
+        dist = f.abs() / (w_norm + 1e-8)
+        best = dist.argmin(1)
+        w_best = w[rows, best]
+        direction = w_best / w_best.norm(dim=1, keepdim=True) if p == 2 else w_best.sign()
+        step = (dist[rows, best, None] + 1e-4) * direction * active[:, None]
+        r_total = r_total + step.reshape(x0.shape)
+        x = (x0 + (1 + overshoot) * r_total).clamp(0, 1)
+    return x
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_at_least_as_strong_as_plain_deepfool_on_mnist_cnn(p):
+    """Regression: restricting the step to the pixels free to move (an earlier box handling)
+    was 1-22% worse than plain DeepFool on every image; now no image is more than 1% worse and
+    the median is no worse."""
+    from advx.data import load_demo
+    from advx.models import load
+
+    model = load("mnist-cnn").eval()
+    x, y = load_demo()
+    x, y = x[:8], y[:8]
+    ours, reference = deepfool(model, x, y, norm=p), _reference_deepfool(model, x, y, p)
+    assert (model(ours).argmax(1) != y).all() and (model(reference).argmax(1) != y).all()
+    ratio = lp_norm(ours - x, p) / lp_norm(reference - x, p)
+    assert (ratio <= 1.01).all() and ratio.median() <= 1.0 + 1e-6

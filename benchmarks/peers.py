@@ -1,0 +1,220 @@
+"""advx against peer libraries (foolbox, torchattacks, adv-lib) on the same images, side by side:
+DeepFool L2 (50 steps, overshoot 0.02, 10 candidates), Carlini-Wagner L2 (same search x steps
+budget, c_0 = 1e-3, Adam lr 0.01, abort early) and DDN (100 steps, epsilon_0 = 1, gamma = 0.05,
+no quantisation). Prints median and mean L2 of the successful examples, success rate (re-checked
+here with a fresh forward pass, never taken from the library) and wall seconds per image.
+
+The peers are never advx dependencies: run this from a separate environment that has them, e.g.
+
+    python3 -m venv /work/peers && /work/peers/bin/pip install torch==2.13.0 foolbox \
+        torchattacks adv-lib && /work/peers/bin/pip install -e .
+    /work/peers/bin/python benchmarks/peers.py --model mnist-cnn --n 200 --cw-n 100 \
+        --cw-search 9 --cw-steps 1000 --out results/peers
+
+A peer that cannot be imported is skipped (the output says so). Batches are timed one at a time
+and the order of the implementations rotates from one batch to the next, so that a slower or
+faster spell of the shared machine does not favour one of them. Rows are appended to
+``<out>/results.jsonl``.
+The models must be trained already (``advx train NAME``); the script never trains one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import statistics
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from advx.attacks import carlini_wagner_l2, ddn, deepfool, lp_norm
+from advx.data import first_correct, load_dataset
+from advx.models import get_spec, load
+
+Attack = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _import_adv_lib(module: str):
+    """Import one adv-lib attack module without ``adv_lib.attacks.__init__``, which pulls in
+    every attack (and torchvision through LPIPS)."""
+    if "adv_lib.attacks" not in sys.modules:
+        root = importlib.import_module("adv_lib")
+        package = types.ModuleType("adv_lib.attacks")
+        package.__path__ = [str(Path(root.__file__).parent / "attacks")]
+        sys.modules["adv_lib.attacks"] = package
+    return importlib.import_module(f"adv_lib.attacks.{module}")
+
+
+def _foolbox_attack(make: Callable) -> Attack:
+    import foolbox
+
+    def run(model, x, y):
+        fmodel = foolbox.PyTorchModel(model, bounds=(0, 1))
+        raw, _, _ = make(foolbox.attacks)(fmodel, x, y, epsilons=None)
+        return raw
+
+    return run
+
+
+def _deepfool_implementations(args) -> tuple[dict[str, Attack], list[str]]:
+    steps, overshoot, candidates = args.df_steps, 0.02, 10
+    impls: dict[str, Attack] = {
+        "advx": lambda m, x, y: deepfool(
+            m, x, y, norm=2, steps=steps, overshoot=overshoot, candidates=candidates
+        )
+    }
+    missing = []
+    try:
+        impls["foolbox"] = _foolbox_attack(
+            lambda a: a.L2DeepFoolAttack(steps=steps, candidates=candidates, overshoot=overshoot)
+        )
+    except ImportError as error:
+        missing.append(f"foolbox ({error})")
+    try:
+        import torchattacks
+
+        impls["torchattacks"] = lambda m, x, y: torchattacks.DeepFool(
+            m, steps=steps, overshoot=overshoot
+        )(x, y)
+    except ImportError as error:
+        missing.append(f"torchattacks ({error})")
+    try:
+        df = _import_adv_lib("deepfool").df  # all classes: the same as 10 candidates here
+        impls["adv-lib"] = lambda m, x, y: df(m, x, y, steps=steps, overshoot=overshoot, norm=2)
+    except ImportError as error:
+        missing.append(f"adv-lib ({error})")
+    return impls, missing
+
+
+def _cw_implementations(args) -> tuple[dict[str, Attack], list[str]]:
+    search, steps = args.cw_search, args.cw_steps
+    impls: dict[str, Attack] = {
+        "advx": lambda m, x, y: carlini_wagner_l2(
+            m, x, y, c_init=1e-3, binary_search_steps=search, steps=steps, lr=0.01
+        )
+    }
+    missing = ["torchattacks (its CW has no binary search over c: no matching budget)"]
+    try:
+        impls["foolbox"] = _foolbox_attack(
+            lambda a: a.L2CarliniWagnerAttack(
+                binary_search_steps=search, steps=steps, stepsize=0.01, initial_const=1e-3
+            )
+        )
+    except ImportError as error:
+        missing.append(f"foolbox ({error})")
+    try:
+        cw = _import_adv_lib("carlini_wagner.l2").carlini_wagner_l2
+        impls["adv-lib"] = lambda m, x, y: cw(
+            m,
+            x,
+            y,
+            binary_search_steps=search,
+            max_iterations=steps,
+            learning_rate=0.01,
+            initial_const=1e-3,
+        )
+    except ImportError as error:
+        missing.append(f"adv-lib ({error})")
+    return impls, missing
+
+
+def _ddn_implementations(args) -> tuple[dict[str, Attack], list[str]]:
+    steps = args.ddn_steps
+    impls: dict[str, Attack] = {"advx": lambda m, x, y: ddn(m, x, y, steps=steps)}
+    missing = ["torchattacks (no DDN)"]
+    try:
+        impls["foolbox"] = _foolbox_attack(
+            lambda a: a.DDNAttack(init_epsilon=1.0, steps=steps, gamma=0.05)
+        )
+    except ImportError as error:
+        missing.append(f"foolbox ({error})")
+    try:
+        run = _import_adv_lib("decoupled_direction_norm").ddn
+        impls["adv-lib"] = lambda m, x, y: run(
+            m, x, y, steps=steps, init_norm=1.0, γ=0.05, levels=None
+        )
+    except ImportError as error:
+        missing.append(f"adv-lib ({error})")
+    return impls, missing
+
+
+def _compare(model, x, y, impls: dict[str, Attack], batch: int) -> dict[str, dict]:
+    """Run every implementation batch by batch, rotating their order per batch."""
+    names = list(impls)
+    seconds = dict.fromkeys(names, 0.0)
+    advs: dict[str, list] = {name: [] for name in names}
+    for b, start in enumerate(range(0, x.shape[0], batch)):
+        xb, yb = x[start : start + batch], y[start : start + batch]
+        for name in names[b % len(names) :] + names[: b % len(names)]:
+            tic = time.perf_counter()
+            adv = impls[name](model, xb.clone(), yb.clone())
+            seconds[name] += time.perf_counter() - tic
+            advs[name].append(adv.detach().clamp(0, 1))  # every peer returns [0, 1] already
+    rows = {}
+    for name in names:
+        adv = torch.cat(advs[name])
+        with torch.no_grad():
+            success = model(adv).argmax(1) != y
+        norms = lp_norm(adv - x, 2)[success].tolist()
+        rows[name] = {
+            "success": success.float().mean().item(),
+            "median_l2": statistics.median(norms) if norms else float("nan"),
+            "mean_l2": statistics.fmean(norms) if norms else float("nan"),
+            "seconds_per_image": seconds[name] / x.shape[0],
+        }
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="mnist-cnn")
+    parser.add_argument("--n", type=int, default=200, help="images for DeepFool and DDN")
+    parser.add_argument("--cw-n", type=int, default=100, help="images for C&W")
+    parser.add_argument("--attacks", nargs="+", default=["deepfool", "ddn", "cw"])
+    parser.add_argument("--df-steps", type=int, default=50)
+    parser.add_argument("--ddn-steps", type=int, default=100)
+    parser.add_argument("--cw-search", type=int, default=9)
+    parser.add_argument("--cw-steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--out", default="results/peers")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load(args.model, args.data_dir, train_if_missing=False).eval()  # never train here
+    images, labels = load_dataset(get_spec(args.model).dataset, "test", args.data_dir)
+    x, y, _ = first_correct(model, images[:1000], labels[:1000], max(args.n, args.cw_n))
+    families = {
+        "deepfool": (_deepfool_implementations, args.n, f"L2, {args.df_steps} steps"),
+        "ddn": (_ddn_implementations, args.n, f"{args.ddn_steps} steps"),
+        "cw": (_cw_implementations, args.cw_n, f"L2, {args.cw_search}x{args.cw_steps}"),
+    }
+    print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    for family in args.attacks:
+        make, n, budget = families[family]
+        impls, missing = make(args)
+        for line in missing:
+            print(f"  {family}: skipped {line}")
+        rows = _compare(model, x[:n], y[:n], impls, args.batch_size)
+        print(f"{family} ({budget}) on {n} images")
+        print(f"  {'library':<13} {'success':>8} {'median L2':>10} {'mean L2':>9} {'s/img':>8}")
+        with (out / "results.jsonl").open("a") as f:
+            for name, row in rows.items():
+                print(
+                    f"  {name:<13} {row['success']:>8.3f} {row['median_l2']:>10.4f} "
+                    f"{row['mean_l2']:>9.4f} {row['seconds_per_image']:>8.4f}",
+                    flush=True,
+                )
+                row |= {"model": args.model, "attack": family, "budget": budget, "n": n}
+                f.write(json.dumps(row | {"library": name}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
