@@ -3,14 +3,24 @@
 Every zoo model takes inputs in [0, 1] and returns logits.
 """
 
-from .architectures import CifarCNN, MnistCNN, MnistFCNN, MnistLeNet5, MnistMLP
+from .architectures import (
+    CifarAlexLike,
+    CifarCNN,
+    CifarMLP,
+    MnistCNN,
+    MnistFCNN,
+    MnistLeNet5,
+    MnistMLP,
+)
 from .checkpoints import load, load_demo_model, model_path, resolve_cache_dir, resolve_spec
 from .registry import MODELS, ModelSpec, get_spec, register
 from .training import evaluate, train
 
 __all__ = [
     "MODELS",
+    "CifarAlexLike",
     "CifarCNN",
+    "CifarMLP",
     "MnistCNN",
     "MnistFCNN",
     "MnistLeNet5",
