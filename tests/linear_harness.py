@@ -50,6 +50,14 @@ def minimal_distance(
     return dist.min(1).values
 
 
+def assert_within_factor_of_optimum(norms: Tensor, optimum: Tensor, factor: float) -> None:
+    """Every norm lies in [optimum, factor * optimum] (up to 1e-6 relative): the attack found a
+    perturbation no shorter than the exact minimum and at most ``factor`` times it."""
+    ratio = norms / optimum
+    assert (ratio >= 1 - 1e-6).all(), f"shorter than the optimum: min ratio {ratio.min():.6f}"
+    assert (ratio <= factor + 1e-6).all(), f"max ratio {ratio.max():.6f} > {factor}"
+
+
 def make_problem(n: int = 8, d: int = 16, k: int = 3, seed: int = 0, dtype=torch.float32):
     """A random linear classifier and n points near the box centre, with their predicted labels.
 
