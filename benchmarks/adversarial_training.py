@@ -22,12 +22,12 @@ interrupted training resumes from its per-epoch checkpoint.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _results import Results
 
 from advx.attacks import ANU_DEFAULTS, DDN_DEFAULTS, anu, lp_norm
 from advx.data import load_dataset
@@ -40,18 +40,6 @@ def _attack_settings(method: str, dataset: str, steps: int) -> dict:
     """The attack's Section 5.2 hyperparameters for ``dataset`` with ``steps`` iterations."""
     table = DDN_DEFAULTS if method == "ddn" else ANU_DEFAULTS
     return dict(table[dataset]) | {"steps": steps}
-
-
-def _load_rows(path: Path) -> dict[str, dict]:
-    if not path.is_file():
-        return {}
-    rows = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    return {row["key"]: row for row in rows}
-
-
-def _append(path: Path, row: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
 
 
 def _train_robust(args, method: str, steps: int, dataset: str) -> dict:
@@ -125,6 +113,21 @@ def _minimal_norms(model, x, y, dataset: str, steps: int, batch: int) -> torch.T
     return torch.cat(norms)
 
 
+def _evaluate(name: str, x, y, dataset: str, args) -> dict:
+    """Robust-accuracy row of model ``name`` under ANU with ``args.eval_steps`` iterations."""
+    model = load(name)
+    start = time.perf_counter()
+    norms = _minimal_norms(model, x, y, dataset, args.eval_steps, args.batch)
+    return {
+        "model": name,
+        "clean_accuracy_eval": float((norms > 0).float().mean()),
+        "median_l2": float(norms.median()),
+        "radii": args.radii,
+        "robust_accuracy": _robust_curve(norms, args.radii),
+        "attack_seconds": time.perf_counter() - start,
+    }
+
+
 def _robust_curve(norms: torch.Tensor, radii: list[float]) -> list[float]:
     """Robust accuracy at each L2 radius: the share of images with minimal norm above it."""
     return [float((norms > r).float().mean()) for r in radii]
@@ -176,8 +179,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows_path = out / "results.jsonl"
-    done = _load_rows(rows_path)
+    results = Results(out / "results.jsonl")
     dataset = get_spec(args.model).dataset
     print(
         f"{args.model}: adversarial training (Eq. 7), max L2 norm {args.max_norm}, "
@@ -189,10 +191,7 @@ def main() -> None:
     for method, steps in (("ddn", args.ddn_steps), ("anu", args.anu_steps)):
         key = f"train:{args.model}:{method}{steps}:{args.max_norm}:{args.epochs}:{args.max_samples}"
         key += f":{args.seed}:{args.init_from}"
-        if key not in done:
-            done[key] = {"key": key} | _train_robust(args, method, steps, dataset)
-            _append(rows_path, done[key])
-        row = done[key]
+        row = results.get(key) or results.add(key, _train_robust(args, method, steps, dataset))
         print(
             f"  trained {row['model']}: clean accuracy {row['test_accuracy']:.4f}, "
             f"training time {row['train_time_s']:.0f} s"
@@ -200,10 +199,7 @@ def main() -> None:
         models.append(row | {"label": f"{method.upper()}-{steps} trained"})
 
     key = f"steps:{args.model}:{args.ddn_steps}:{args.anu_steps}:{args.step_reps}"
-    if key not in done:
-        done[key] = {"key": key} | _step_costs(args, dataset)
-        _append(rows_path, done[key])
-    costs = done[key]
+    costs = results.get(key) or results.add(key, _step_costs(args, dataset))
     print(
         f"  one training step (batch {get_spec(args.model).batch_size}), median of "
         f"{args.step_reps}, alternating: DDN-{args.ddn_steps} {costs['ddn']:.3f} s, "
@@ -215,21 +211,8 @@ def main() -> None:
     curves = []
     for entry in models:
         key = f"eval:{entry['model']}:{args.eval_n}:{args.eval_steps}"
-        if key not in done:
-            model = load(entry["model"])
-            start = time.perf_counter()
-            norms = _minimal_norms(model, x, y, dataset, args.eval_steps, args.batch)
-            done[key] = {
-                "key": key,
-                "model": entry["model"],
-                "clean_accuracy_eval": float((norms > 0).float().mean()),
-                "median_l2": float(norms.median()),
-                "radii": args.radii,
-                "robust_accuracy": _robust_curve(norms, args.radii),
-                "attack_seconds": time.perf_counter() - start,
-            }
-            _append(rows_path, done[key])
-        curves.append(done[key] | {"label": entry["label"]})
+        row = results.get(key) or results.add(key, _evaluate(entry["model"], x, y, dataset, args))
+        curves.append(row | {"label": entry["label"]})
 
     _print_table(models, curves, args)
     _plot(curves, args.radii, out / f"robust_accuracy_{args.model}.png")

@@ -40,7 +40,6 @@ already there (resume). One PNG per model: ``<out>/fig2_<model>.png``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -48,6 +47,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import Results
 
 from advx.attacks._core import INF, lp_norm
 from advx.attacks.convex import bernoulli_noise, gn, gn_iterative, gn_simple
@@ -70,32 +70,6 @@ DEFAULT_GRIDS = {
     "cifar10": [0.0025, 0.005, 0.0075, 0.01, 0.0125, 0.015, 0.0175, 0.02],
 }
 THRESHOLD = 0.99
-
-
-# --------------------------------------------------------------------------- results file
-
-
-class Results:
-    """Append-only jsonl of rows keyed by ``key``; rows already present are reused."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.rows: dict[str, dict] = {}
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                if line.strip():
-                    row = json.loads(line)
-                    self.rows[row["key"]] = row
-
-    def get(self, key: str) -> dict | None:
-        return self.rows.get(key)
-
-    def add(self, key: str, row: dict) -> dict:
-        row = {"key": key, **row}
-        self.rows[key] = row
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        return row
 
 
 # --------------------------------------------------------------------------- helpers
