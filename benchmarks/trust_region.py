@@ -13,7 +13,9 @@ On the first ``--n`` correctly classified test images of each model (among the f
   sample (eps doubled from 1/255 until it fools, then bisected ``--ifgsm-bisect`` times), a
   stronger baseline than the paper's; "I-FGSM fixed step": the paper's Sec. 4.1 iteration
   x <- clip(x + eps sign(grad CE)) with eps = ``--ifgsm-step`` (1/255), the first fooling
-  iterate, at most ``--ifgsm-max-steps``; TR fixed, TR adaptive. TR fixed keeps the attack's
+  iterate, at most ``--ifgsm-max-steps``; TR fixed, TR adaptive, and "TR adaptive + refine"
+  (``refine_steps=--refine-steps``, 50: the boundary refinement that is not in the paper, see
+  ``trust_region``). TR fixed keeps the attack's
   default first radius (d0/4, d0 the first linearised distance of each sample) for the whole
   run, or ``--fixed-radius`` (absolute).
 * Table 2 (hardest class): the class with the largest linearised distance at the start.
@@ -65,12 +67,14 @@ DEFAULT_MODELS = [
     "cifar-mlp-swish",
 ]
 SWISH_MODELS = ("cifar-mlp-swish", "cifar-alexlike-swish")
-L2_BEST = ("DeepFool", "C&W", "TR fixed", "TR adaptive")
-LINF_BEST = ("DeepFool", "I-FGSM", "I-FGSM fixed step", "TR fixed", "TR adaptive")
+REFINED = "TR adaptive + refine"
+L2_BEST = ("DeepFool", "C&W", "TR fixed", "TR adaptive", REFINED)
+LINF_BEST = ("DeepFool", "I-FGSM", "I-FGSM fixed step", "TR fixed", "TR adaptive", REFINED)
 HARDEST = (
     "DeepFool [hardest]",
     "TR fixed [hardest]",
     "TR adaptive [hardest]",
+    "TR adaptive [hardest] + refine",
     "DeepFool -> class",
     "TR adaptive -> class",
 )
@@ -139,12 +143,16 @@ def _attack(model, x, y, name: str, p: float, args, targets=None):
         return trust_region(model, x, y, norm=p, adaptive=False, **fixed)
     if name == "TR adaptive":
         return trust_region(model, x, y, norm=p)
+    if name == REFINED:
+        return trust_region(model, x, y, norm=p, refine_steps=args.refine_steps)
     if name == "DeepFool [hardest]":  # DeepFool's step (eq. 10-11 of its paper) = TR, radius inf
         return trust_region(model, x, y, norm=p, target="hardest", adaptive=False, radius=1e9)
     if name == "TR fixed [hardest]":
         return trust_region(model, x, y, norm=p, target="hardest", adaptive=False, **fixed)
     if name == "TR adaptive [hardest]":
         return trust_region(model, x, y, norm=p, target="hardest")
+    if name == "TR adaptive [hardest] + refine":
+        return trust_region(model, x, y, norm=p, target="hardest", refine_steps=args.refine_steps)
     if name == "TR adaptive -> class":
         return trust_region(model, x, y, norm=p, target=targets)
     raise ValueError(name)
@@ -344,35 +352,11 @@ def _check(label: str, ok: bool | None, detail: str) -> None:
 def _targets(models, done) -> None:
     print("\nPaper targets")
     for m in models:
-        cw, tr = _row(done, m, "1", "C&W", "l2"), _row(done, m, "1", "TR adaptive", "l2")
-        if cw and tr and cw["success"] > 0:
-            ratio = tr["median_rho"] / cw["median_rho"]
-            speed = cw["seconds_per_image"] / tr["seconds_per_image"]
-            _check(
-                f"{m} TR adaptive L2 median within 3% of C&W",
-                ratio <= 1.03,
-                f"ratio {ratio:.3f} (C&W budget {cw.get('budget')})",
-            )
-            _check(f"{m} TR adaptive >= 30x faster than C&W", speed >= 30, f"{speed:.1f}x")
-        df = _row(done, m, "1", "DeepFool", "linf")
-        tri = _row(done, m, "1", "TR adaptive", "linf")
-        for baseline in ("I-FGSM fixed step", "I-FGSM"):
-            fg = _row(done, m, "1", baseline, "linf")
-            if df and fg and tri:
-                _check(
-                    f"{m} TR Linf avg rho below DeepFool's and {baseline}'s",
-                    tri["avg_rho"] < min(df["avg_rho"], fg["avg_rho"]),
-                    f"{100 * tri['avg_rho']:.3f}% vs DF {100 * df['avg_rho']:.3f}%, "
-                    f"{baseline} {100 * fg['avg_rho']:.3f}%",
-                )
-        if df and tri:
-            _check(
-                f"{m} TR Linf worst <= 0.8x DeepFool's",
-                tri["worst_rho"] <= 0.8 * df["worst_rho"],
-                f"{tri['worst_rho'] / df['worst_rho']:.3f}x",
-            )
+        for variant in ("TR adaptive", REFINED):
+            _check_best_class(m, variant, done)
         for attack, ref in (
             ("TR adaptive [hardest]", "DeepFool [hardest]"),
+            ("TR adaptive [hardest] + refine", "DeepFool [hardest]"),
             ("TR adaptive -> class", "DeepFool -> class"),
         ):
             trh, dfh = _row(done, m, "2", attack, "l2"), _row(done, m, "2", ref, "l2")
@@ -383,26 +367,60 @@ def _targets(models, done) -> None:
                     ratio <= 0.75,
                     f"{ratio:.3f}x (success {trh['success']:.2f} vs {dfh['success']:.2f})",
                 )
-        table5 = [r for r in done.values() if r["model"] == m and r["table"] == "5"]
-        n5 = max((r["n"] for r in table5), default=0)  # the largest run only
-        first, second = (
-            sorted(
-                (r for r in table5 if r["n"] == n5 and r["attack"].startswith(f"TR order {o}")),
-                key=lambda r: r["k"],
-            )
-            for o in (1, 2)
+        _check_table5(m, done)
+
+
+def _check_best_class(m: str, variant: str, done) -> None:
+    """Table 1 targets for one TR variant: L2 median vs C&W and speed, Linf vs DeepFool/I-FGSM."""
+    cw, tr = _row(done, m, "1", "C&W", "l2"), _row(done, m, "1", variant, "l2")
+    if cw and tr and cw["success"] > 0:
+        ratio = tr["median_rho"] / cw["median_rho"]
+        speed = cw["seconds_per_image"] / tr["seconds_per_image"]
+        _check(
+            f"{m} {variant} L2 median within 3% of C&W",
+            ratio <= 1.03,
+            f"ratio {ratio:.3f} (C&W budget {cw.get('budget')})",
         )
-        if first and second:
-            pairs = [
-                (a["accuracy"], b["accuracy"]) for a, b in zip(first, second) if a["k"] == b["k"]
-            ]
-            wins = sum(b < a for a, b in pairs)
-            ties = sum(b == a for a, b in pairs)
+        _check(f"{m} {variant} >= 30x faster than C&W", speed >= 30, f"{speed:.1f}x")
+    df = _row(done, m, "1", "DeepFool", "linf")
+    tri = _row(done, m, "1", variant, "linf")
+    for baseline in ("I-FGSM fixed step", "I-FGSM"):
+        fg = _row(done, m, "1", baseline, "linf")
+        if df and fg and tri:
             _check(
-                f"{m} second order beats first at equal iterations",
-                wins + ties == len(pairs) and wins > 0,
-                f"lower accuracy at {wins}/{len(pairs)} k, equal at {ties} (n={n5})",
+                f"{m} {variant} Linf avg rho below DeepFool's and {baseline}'s",
+                tri["avg_rho"] < min(df["avg_rho"], fg["avg_rho"]),
+                f"{100 * tri['avg_rho']:.3f}% vs DF {100 * df['avg_rho']:.3f}%, "
+                f"{baseline} {100 * fg['avg_rho']:.3f}%",
             )
+    if df and tri:
+        _check(
+            f"{m} {variant} Linf worst <= 0.8x DeepFool's",
+            tri["worst_rho"] <= 0.8 * df["worst_rho"],
+            f"{tri['worst_rho'] / df['worst_rho']:.3f}x",
+        )
+
+
+def _check_table5(m: str, done) -> None:
+    """Table 5 target: second order reaches lower accuracy than first order at equal k."""
+    table5 = [r for r in done.values() if r["model"] == m and r["table"] == "5"]
+    n5 = max((r["n"] for r in table5), default=0)  # the largest run only
+    first, second = (
+        sorted(
+            (r for r in table5 if r["n"] == n5 and r["attack"].startswith(f"TR order {o}")),
+            key=lambda r: r["k"],
+        )
+        for o in (1, 2)
+    )
+    if first and second:
+        pairs = [(a["accuracy"], b["accuracy"]) for a, b in zip(first, second) if a["k"] == b["k"]]
+        wins = sum(b < a for a, b in pairs)
+        ties = sum(b == a for a, b in pairs)
+        _check(
+            f"{m} second order beats first at equal iterations",
+            wins + ties == len(pairs) and wins > 0,
+            f"lower accuracy at {wins}/{len(pairs)} k, equal at {ties} (n={n5})",
+        )
 
 
 def _plot(models, done, out: Path) -> None:
@@ -411,7 +429,7 @@ def _plot(models, done, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = dict(zip(L2_BEST, "os^D"))
+    markers = dict(zip(L2_BEST, "os^Dv"))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     plotted = False
@@ -461,6 +479,7 @@ def main() -> None:
     parser.add_argument("--cw-steps", type=int, default=1000, help="C&W Adam steps per round")
     parser.add_argument("--cw-c-init", type=float, default=1e-3, help="C&W initial constant")
     parser.add_argument("--ifgsm-bisect", type=int, default=6)
+    parser.add_argument("--refine-steps", type=int, default=50, help="for the '+ refine' rows")
     parser.add_argument("--ifgsm-step", type=float, default=1 / 255, help="fixed-step I-FGSM")
     parser.add_argument("--ifgsm-max-steps", type=int, default=128)
     parser.add_argument(

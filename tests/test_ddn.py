@@ -165,7 +165,10 @@ def test_adaptive_factor_follows_algorithm_2():
         got = rule(k, torch.tensor([adv]))
         assert got.item() == pytest.approx(expected, rel=1e-6)
     assert cosine_schedule(1.0, 0.01, 1, 100) == 1.0
-    assert cosine_schedule(1.0, 0.01, 100, 100) == pytest.approx(0.01)
+    assert cosine_schedule(1.0, 0.01, 51, 100) == pytest.approx(0.505)
+    # the reference code's phase (k - 1) / steps: the last step is just above alpha_final
+    last = 0.01 + 0.99 * (1 + math.cos(math.pi * 99 / 100)) / 2
+    assert cosine_schedule(1.0, 0.01, 100, 100) == pytest.approx(last, rel=1e-12)
 
 
 def test_adaptive_factor_is_capped_below_one():

@@ -7,7 +7,7 @@ from linear_harness import assert_within_factor_of_optimum, make_problem, minima
 from torch import nn
 
 from advx.attacks._core import INF, lp_norm
-from advx.attacks.trust_region import steihaug_cg, trust_region, update_radius
+from advx.attacks.trust_region import _refine, steihaug_cg, trust_region, update_radius
 
 NORMS = [2.0, INF]
 
@@ -153,6 +153,77 @@ def test_rejects_bad_arguments():
         trust_region(model, x + 2, y)
     with pytest.raises(TypeError, match="callback"):
         trust_region(model, x, y, callback=3)
+
+
+# --------------------------------------------------------------------------- refinement
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_refinement_walks_a_far_adversarial_to_the_optimum(p):
+    """From adversarials far off the nearest boundary point (past the boundary plus a large
+    sideways push), the boundary refinement reaches (1 + overshoot) times the exact minimal
+    distance on a two-class linear model, within 3%."""
+    model, x, y = make_problem(n=16, k=2, seed=5, dtype=torch.float64)
+    w = model.linear.weight.detach()
+    normal = (w[1 - y] - w[y]).reshape(x.shape)
+    normal = normal / lp_norm(normal, 2).reshape(-1, 1, 1, 1)
+    sideways = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    sideways -= (sideways * normal).sum((1, 2, 3), keepdim=True) * normal
+    sideways = sideways / lp_norm(sideways, 2).reshape(-1, 1, 1, 1)
+    d2 = minimal_distance(model, x, y, 2).reshape(-1, 1, 1, 1)
+    far = x + 1.3 * d2 * normal + 2.0 * d2 * sideways
+    assert far.min() >= 0 and far.max() <= 1 and (model(far).argmax(1) != y).all()
+    optimum = minimal_distance(model, x, y, p)
+    norms = lp_norm(far - x, p)
+    assert (norms > 1.3 * optimum).all()
+    adv = far.clone()
+    _refine(model, x, y, None, adv, norms, p, steps=120, shrink=0.9, overshoot=0.02)
+    assert (model(adv).argmax(1) != y).all()
+    assert torch.allclose(norms, lp_norm(adv - x, p))
+    assert_within_factor_of_optimum(norms, optimum, 1.03)
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_refinement_keeps_the_linear_optimum(p):
+    model, x, y = make_problem(n=16, k=3, seed=3, dtype=torch.float64)
+    adv = trust_region(model, x, y, norm=p, refine_steps=20)
+    assert (model(adv).argmax(1) != y).all()
+    assert_within_factor_of_optimum(lp_norm(adv - x, p), minimal_distance(model, x, y, p), 1.02)
+
+
+@pytest.mark.parametrize("p", NORMS)
+@pytest.mark.parametrize("target", ["best", "hardest", "given"])
+def test_refinement_never_grows_the_norm_and_keeps_the_class(p, target):
+    model = _relu_mlp(seed=4)
+    x = torch.rand(8, 1, 4, 4, dtype=torch.float64)
+    y = model(x).argmax(1)
+    t = (y + 1) % 4 if target == "given" else target
+    plain = trust_region(model, x, y, norm=p, target=t)
+    refined = trust_region(model, x, y, norm=p, target=t, refine_steps=30)
+    assert refined.min() >= 0 and refined.max() <= 1
+    pred = model(refined).argmax(1)
+    assert (pred == t).all() if target == "given" else (pred != y).all()
+    assert (lp_norm(refined - x, p) <= lp_norm(plain - x, p) + 1e-12).all()
+    assert (lp_norm(refined - x, p) < lp_norm(plain - x, p) - 1e-6).any()
+
+
+def test_refinement_batch_equals_per_sample():
+    model = _relu_mlp(seed=2)
+    x = torch.rand(6, 1, 4, 4, dtype=torch.float64)
+    y = model(x).argmax(1)
+    batch = trust_region(model, x, y, refine_steps=15)
+    single = torch.cat(
+        [trust_region(model, x[i : i + 1], y[i : i + 1], refine_steps=15) for i in range(6)]
+    )
+    assert torch.allclose(batch, single, atol=1e-10)
+
+
+def test_refinement_rejects_bad_arguments():
+    model, x, y = make_problem(n=4, k=3)
+    with pytest.raises(ValueError, match="refine_steps"):
+        trust_region(model, x, y, refine_steps=-1)
+    with pytest.raises(ValueError, match="refine_shrink"):
+        trust_region(model, x, y, refine_shrink=1.0)
 
 
 # --------------------------------------------------------------------------- second order

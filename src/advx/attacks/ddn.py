@@ -113,11 +113,14 @@ class _Settings:
 
 
 def cosine_schedule(start: float, end: float, k: int, steps: int) -> float:
-    """Cosine annealing from ``start`` at iteration k = 1 to ``end`` at k = ``steps``
-    (Sec. 5.2: "set to 1, reduced with cosine annealing to 0.01 in the last iteration")."""
-    if steps <= 1:
-        return start
-    t = (k - 1) / (steps - 1)
+    """Cosine annealing from ``start`` at iteration k = 1 towards ``end`` (Sec. 5.2: "set to 1,
+    reduced with cosine annealing to 0.01"): start + (end - start) (1 - cos(pi (k - 1) / steps)) / 2.
+
+    The phase is (k - 1) / steps, as in Rony et al.'s reference DDN code (and adv-lib's), so the
+    last iteration uses end + (start - end) (1 - cos(pi / steps)) / 2, just above ``end``. Matching
+    the reference schedule step for step makes our DDN follow the reference trajectory exactly.
+    """
+    t = (k - 1) / steps
     return end + (start - end) * (1.0 + math.cos(math.pi * t)) / 2.0
 
 
