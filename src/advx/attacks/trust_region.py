@@ -494,7 +494,7 @@ def trust_region(
     cg_steps: int = 20,
     targeted: bool = False,
     refine_steps: int = 0,
-    refine_shrink: float = 0.9,
+    refine_shrink: float = 0.8,
     callback: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> Tensor:
     """Trust-region attack (Yao, Gholami, Xu, Keutzer & Mahoney, "Trust Region Based Adversarial
