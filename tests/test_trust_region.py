@@ -119,6 +119,7 @@ def test_returns_original_where_no_adversarial_or_already_misclassified():
     model, x, y = make_problem(n=4, k=3)
     wrong = (y + 1) % 3
     assert torch.equal(trust_region(model, x, wrong), x)
+    assert torch.equal(trust_region(model, x, wrong, refine_steps=5), x)
     flat_model = nn.Linear(16, 3)
     with torch.no_grad():
         flat_model.weight.zero_()
@@ -127,6 +128,7 @@ def test_returns_original_where_no_adversarial_or_already_misclassified():
     labels = torch.zeros(4, dtype=torch.long)
     assert torch.equal(trust_region(constant, x, labels, steps=3), x)
     assert torch.equal(trust_region(constant, x, labels, steps=3, order=2), x)
+    assert torch.equal(trust_region(constant, x, labels, steps=3, refine_steps=5), x)
 
 
 def test_rejects_bad_arguments():

@@ -272,7 +272,8 @@ def _refine(
 ) -> None:
     """Boundary refinement of found adversarials (not in Yao et al.; the backward step and
     linearised projection of FAB, Croce & Hein, ICML 2020, Sec. 3), in place on ``adv`` and
-    ``norms`` (inf where nothing was found; those rows are skipped).
+    ``norms`` (inf where nothing was found, 0 where the input was already adversarial; those
+    rows are skipped).
 
     Trust-region steps stop at the first adversarial iterate, on the boundary but not at its
     point nearest the input. Each refinement step moves an adversarial iterate towards the input,
@@ -284,7 +285,7 @@ def _refine(
     class wins; else class ``attacked`` wins) and smaller than the best so far replaces it.
     One forward and one backward pass per step on the refined rows.
     """
-    idx = torch.isfinite(norms).nonzero().squeeze(1)
+    idx = (torch.isfinite(norms) & (norms > 0)).nonzero().squeeze(1)
     if idx.numel() == 0:
         return
     x0, y = inputs[idx], labels[idx]
