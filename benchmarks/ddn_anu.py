@@ -67,8 +67,8 @@ def _targeted_set(x, y, num_classes: int):
 
 
 def _curve(model, x, y, method: str, steps: int, dataset: str) -> list[float]:
-    """Mean over images of the best adversarial L2 found up to iteration k (inf counted as the
-    image's final best, so the curve is defined once every image is fooled)."""
+    """Mean over images of the best adversarial L2 found up to iteration k; NaN (not plotted)
+    until every image has an adversarial, so that each point averages the same images."""
     best = torch.full((x.shape[0],), float("inf"))
     history = []
 
@@ -79,8 +79,7 @@ def _curve(model, x, y, method: str, steps: int, dataset: str) -> list[float]:
 
     attack = ddn if method == "ddn" else anu
     attack(model, x, y, **(_settings(method, dataset, False) | {"steps": steps}), callback=callback)
-    final = history[-1]
-    return [torch.where(torch.isinf(h), final, h).mean().item() for h in history]
+    return [h.mean().item() if torch.isfinite(h).all() else float("nan") for h in history]
 
 
 def _done(path: Path) -> set[tuple]:
@@ -100,7 +99,11 @@ def _plot(curves: dict, out: Path) -> None:
     for ax, (model_name, per_method) in zip(axes[0], curves.items()):
         for method, values in per_method.items():
             ax.plot(range(len(values)), values, label=method.upper())
-        ax.set(title=model_name, xlabel="iteration", ylabel="mean best L2 so far")
+        ax.set(
+            title=f"{model_name} (from the first iteration fooling every image)",
+            xlabel="iteration",
+            ylabel="mean best L2 so far",
+        )
         ax.set_yscale("log")
         ax.legend()
     fig.tight_layout()
