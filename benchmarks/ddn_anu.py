@@ -99,13 +99,10 @@ def _plot(curves: dict, out: Path) -> None:
     for ax, (model_name, per_method) in zip(axes[0], curves.items()):
         for method, values in per_method.items():
             ax.plot(range(len(values)), values, label=method.upper())
-        ax.set(
-            title=f"{model_name} (from the first iteration fooling every image)",
-            xlabel="iteration",
-            ylabel="mean best L2 so far",
-        )
+        ax.set(title=model_name, xlabel="iteration", ylabel="mean best L2 so far")
         ax.set_yscale("log")
         ax.legend()
+    fig.suptitle("from the first iteration that fools every image", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "best_norm_vs_iteration.png", dpi=120)
 
