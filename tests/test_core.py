@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import advx.attacks as attacks
 from advx.attacks._core import (
     binary_search_step,
     dual_exponent,
@@ -98,3 +99,42 @@ def test_binary_search_step_brackets_constant():
     const, lo, hi = torch.tensor([1.0, 1.0]), torch.zeros(2), torch.full((2,), 1e10)
     const = binary_search_step(const, lo, hi, torch.tensor([True, False]))
     assert const.tolist() == [0.5, 10.0]
+
+
+def _batchnorm_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 8),
+        torch.nn.BatchNorm1d(8),
+        torch.nn.ReLU(),
+        torch.nn.Linear(8, 3),
+    )
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        lambda m, x, y: attacks.ddn(m, x, y, steps=3),
+        lambda m, x, y: attacks.anu(m, x, y, steps=3),
+        lambda m, x, y: attacks.deepfool(m, x, y, steps=3),
+        lambda m, x, y: attacks.carlini_wagner_l2(m, x, y, binary_search_steps=1, steps=3),
+        lambda m, x, y: attacks.trust_region(m, x, y, steps=3, refine_steps=2),
+        lambda m, x, y: attacks.fgm(m, x, y, eps=0.1),
+        lambda m, x, y: attacks.pgd(m, x, y, eps=0.1, steps=3),
+    ],
+    ids=["ddn", "anu", "deepfool", "cw", "trust_region", "fgm", "pgd"],
+)
+def test_attacks_leave_batchnorm_statistics_of_a_training_model_alone(attack):
+    """An attack on a model left in training mode runs it in eval mode (clean check included)
+    and restores training mode without touching the BatchNorm running statistics."""
+    model = _batchnorm_model().eval()
+    x = torch.rand(6, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    y = model(x).argmax(1)
+    model.train()
+    bn = model[2]
+    before = (bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+    attack(model, x, y)
+    assert model.training
+    assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
+    assert torch.equal(bn.num_batches_tracked, before[2])

@@ -141,12 +141,14 @@ def check_int(value: int, name: str, minimum: int = 1) -> None:
 
 
 def validate(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
-    """Check the attack contract's arguments and return the clean logits (computed without grad)."""
+    """Check the attack contract's arguments and return the clean logits (computed without grad,
+    in eval mode like every attack's own passes: a model left in training mode would otherwise
+    use batch statistics and update its BatchNorm running statistics here)."""
     if not callable(model):
         raise TypeError("model must be a callable torch.nn.Module returning logits")
     check_inputs(inputs)
     check_labels(labels, inputs.shape[0], None)
-    with torch.no_grad():
+    with torch.no_grad(), attack_mode(model):
         logits = model(inputs)
     check_logits(logits, inputs.shape[0])
     check_labels(labels, inputs.shape[0], logits.shape[1])
