@@ -7,7 +7,13 @@ from linear_harness import assert_within_factor_of_optimum, make_problem, minima
 from torch import nn
 
 from advx.attacks._core import INF, lp_norm
-from advx.attacks.trust_region import _refine, steihaug_cg, trust_region, update_radius
+from advx.attacks.trust_region import (
+    _overshoot,
+    _refine,
+    steihaug_cg,
+    trust_region,
+    update_radius,
+)
 
 NORMS = [2.0, INF]
 
@@ -155,6 +161,24 @@ def test_rejects_bad_arguments():
         trust_region(model, x + 2, y)
     with pytest.raises(TypeError, match="callback"):
         trust_region(model, x, y, callback=3)
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_overshoot_extends_the_step_without_compounding(p):
+    """A boundary-reaching step is extended by overshoot x the new perturbation's norm along the
+    step: the whole perturbation times 1 + overshoot when the step is parallel to it (a linear
+    model), but repeated sideways crossings (a junction of classes) do not grow the perturbation
+    by the factor each time, as overshooting the whole perturbation did (1.02^50 = 2.7x)."""
+    x0 = torch.zeros(1, 2, dtype=torch.float64)
+    x = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    yes = torch.tensor([True])
+    along = _overshoot(x, 0.5 * x, x0, yes, 0.02, p)
+    assert torch.allclose(along, 1.02 * 1.5 * x)
+    assert torch.equal(_overshoot(x, 0.5 * x, x0, ~yes, 0.02, p), 1.5 * x)
+    for k in range(50):  # tiny steps alternating sideways, each "crossing"
+        side = torch.tensor([[0.0, 1e-3 * (-1) ** k]], dtype=torch.float64)
+        x = _overshoot(x, side, x0, yes, 0.02, p)
+    assert lp_norm(x - x0, p).item() < 1.1
 
 
 # --------------------------------------------------------------------------- refinement

@@ -307,8 +307,8 @@ def _refine(
     Trust-region steps stop at the first adversarial iterate, on the boundary but not at its
     point nearest the input. Each refinement step moves an adversarial iterate towards the input,
     u = x0 + ``shrink`` (x - x0), then projects u onto the far side of the linearised boundary at
-    x (``_project_to_linear_boundary``) and overshoots on the whole perturbation, as the TR steps
-    do; a non-adversarial iterate is projected from itself. Its fixed points have the
+    x (``_project_to_linear_boundary``) and overshoots on the whole perturbation, as DeepFool
+    does (no compounding: each step starts again from the shrunk point); a non-adversarial iterate is projected from itself. Its fixed points have the
     perturbation parallel to the dual direction of the margin gradient, the optimality condition
     of the minimal-norm problem. Every iterate that is adversarial (``attacked`` None: any other
     class wins; else class ``attacked`` wins) and smaller than the best so far replaces it.
@@ -480,14 +480,7 @@ def _run(
             step2, crosses2, curved = _quadratic_step(f, g, xg, radius[idx], cg_steps)
             step = torch.where(view_like(curved, step), step2, step)
             crosses = torch.where(curved, crosses2, crosses)
-        # a step reaching the (model's) boundary overshoots on the whole perturbation, as
-        # DeepFool does: x0 + (1 + overshoot)(x + s - x0); it never stalls on the boundary
-        target_x = xi + step
-        x0 = inputs[idx]
-        target_x = torch.where(
-            view_like(crosses, xi), x0 + (1 + overshoot) * (target_x - x0), target_x
-        )
-        x_new = clip_box(target_x)
+        x_new = clip_box(_overshoot(xi, step, inputs[idx], crosses, overshoot, p))
         taken = x_new - xi
         pred = (flat(g.detach()) * flat(taken)).sum(1)
         if order == 2 and bool(curved.any()):
@@ -496,6 +489,21 @@ def _run(
         x[idx] = x_new
         down[idx], up[idx], f_prev[idx], predicted[idx] = t, i_cls, f, pred
     return best_adv, best_norm, fixed
+
+
+def _overshoot(x: Tensor, step: Tensor, x0: Tensor, crosses: Tensor, overshoot: float, p: float):
+    """x + s, extended where the step reaches the model's boundary by ``overshoot`` times the
+    norm of the whole new perturbation, along s: x + s + overshoot ||x + s - x0||_p s/||s||_p.
+
+    Sized by the whole perturbation, the extension never shrinks with the step, so the attack
+    does not stall on the boundary (a per-step factor would); laid along the step rather than
+    along the perturbation, it does not compound: overshooting the whole perturbation,
+    x0 + (1 + overshoot)(x + s - x0), grew it by 2% per step at junctions of several classes,
+    where each step crosses one pairwise boundary while another class takes over. The two
+    agree when s is parallel to the perturbation (a linear model)."""
+    target = x + step
+    length = lp_norm(target - x0, p) * overshoot / lp_norm(step, p).clamp_min(1e-30)
+    return torch.where(view_like(crosses, x), target + view_like(length, step) * step, target)
 
 
 def _scatter(values: Tensor, idx: Tensor, n: int) -> Tensor:
@@ -536,10 +544,10 @@ def trust_region(
     the attacked class) within the trust region ||dx||_p <= eps^j, eq. (3) and Algorithm 1:
     first order m^j(dx) = <g, dx>, whose minimiser is -eps^j g/||g||_2 (L2) or -eps^j sign(g)
     (Linf); as in the authors' code the step stops at the linearised boundary f + m = 0 when
-    that is nearer than the radius, and such a boundary-reaching step is overshot on the whole
-    perturbation, x^{j+1} = x^0 + (1 + ``overshoot``)(x^j + dx - x^0) (DeepFool's rule; a
-    per-step factor stalls on the boundary), so a linear model is crossed at 1 + overshoot times
-    its optimum. Second order adds 1/2 <dx, H dx> with H the Hessian of f (eq. (3)): Hessian-vector
+    that is nearer than the radius, and such a boundary-reaching step is extended along dx by
+    ``overshoot`` times the norm of the whole new perturbation (``_overshoot``; a per-step factor
+    stalls on the boundary, and overshooting the whole perturbation compounds at junctions of
+    classes), so a linear model is crossed at 1 + overshoot times its optimum. Second order adds 1/2 <dx, H dx> with H the Hessian of f (eq. (3)): Hessian-vector
     products by double backward, the subproblem solved by Steihaug-Toint truncated CG (the
     paper's [25]; the paper mentions Lanczos), the step shortened to the first zero of the
     quadratic model. Where H d = 0 along every CG direction (piecewise-linear ReLU networks,
