@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import torch
+from _results import Results
 
 from advx.data import first_correct, load_dataset
 from advx.evaluation.runner import run_attack
@@ -51,12 +52,6 @@ def _key(row: dict) -> str:
     return json.dumps(
         [row["model"], row["attack"], row["n"], row["hyperparameters"]], sort_keys=True
     )
-
-
-def _done(path: Path) -> set[str]:
-    if not path.exists():
-        return set()
-    return {_key(json.loads(line)) for line in path.read_text().splitlines() if line.strip()}
 
 
 def _measure(model, x, y, name: str, norm: float, hyper: dict, batch: int) -> dict:
@@ -95,8 +90,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    done = _done(results)
+    done = Results(out / "results.jsonl", key=_key)
     print(
         f"{'model':<12} {'attack':<14} {'n':>5} {'success':>8} {'norm':>5} {'median':>8} "
         f"{'mean':>8} {'s/img':>8} {'grads/img':>10}"
@@ -109,9 +103,7 @@ def main() -> None:
             row = {"model": model_name, "attack": label, "n": x.shape[0], "hyperparameters": hyper}
             if _key(row) in done:
                 continue
-            row |= _measure(model, x, y, name, norm, hyper, args.batch_size)
-            with results.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            row = done.record(row | _measure(model, x, y, name, norm, hyper, args.batch_size))
             print(
                 f"{model_name:<12} {label:<14} {row['n']:>5} {row['success']:>8.3f} "
                 f"{row['norm']:>5} {row['median']:>8.4f} {row['mean']:>8.4f} "

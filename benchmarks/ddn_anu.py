@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import Results
 
 from advx.attacks import ANU_DEFAULTS, ANU_TARGETED_DEFAULTS, DDN_DEFAULTS, anu, ddn, lp_norm
 from advx.data import first_correct, load_dataset
@@ -82,11 +83,8 @@ def _curve(model, x, y, method: str, steps: int, dataset: str) -> list[float]:
     return [h.mean().item() if torch.isfinite(h).all() else float("nan") for h in history]
 
 
-def _done(path: Path) -> set[tuple]:
-    if not path.exists():
-        return set()
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {(r["model"], r["mode"], r["method"], r["steps"]) for r in rows}
+def _key(row: dict) -> tuple:
+    return (row["model"], row["mode"], row["method"], row["steps"])
 
 
 def _plot(curves: dict, out: Path) -> None:
@@ -122,7 +120,7 @@ def main() -> None:
     torch.set_num_threads(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results, done, curves = out / "results.jsonl", _done(out / "results.jsonl"), {}
+    done, curves = Results(out / "results.jsonl", key=_key), {}
     print(
         f"{'model':<12} {'mode':<10} {'method':<5} {'steps':>5} {'success':>8} "
         f"{'mean L2':>8} {'median':>8} {'s/img':>8}"
@@ -148,8 +146,7 @@ def main() -> None:
                         "steps": steps,
                         "n": xs.shape[0],
                     }
-                    with results.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
+                    done.record(row)
                     print(
                         f"{model_name:<12} {mode:<10} {method:<5} {steps:>5} "
                         f"{row['success']:>8.3f} {row['mean_l2']:>8.4f} "

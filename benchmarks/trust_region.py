@@ -46,13 +46,13 @@ Models whose checkpoint is not cached are skipped unless ``--train``. Rows are a
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from _results import Results
 
 from advx.attacks import carlini_wagner_l2, deepfool, ifgm, select_targets, trust_region
 from advx.attacks._core import INF, lp_norm
@@ -226,22 +226,8 @@ def _table5_rows(model, x, y, order: int, steps: int, radius: float, batch: int)
 # --------------------------------------------------------------------------- bookkeeping
 
 
-def _done(path: Path) -> dict[tuple, dict]:
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {_key(r): r for r in rows}
-
-
 def _key(row: dict) -> tuple:
     return (row["model"], row["table"], row["attack"], row["norm"], row.get("k"), row["n"])
-
-
-def _append(path: Path, row: dict, done: dict) -> dict:
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-    done[_key(row)] = row
-    return row
 
 
 def _fmt(row: dict | None) -> str:
@@ -268,7 +254,7 @@ def _load(name: str, args):
         return None
 
 
-def _tables_1_2(name, model, x, y, args, results, done) -> None:
+def _tables_1_2(name, model, x, y, args, done) -> None:
     hard = {p: select_targets(model, x, y, mode="hardest", norm=p) for p in (2.0, INF)}
     for table, groups in (
         ("1", ((2.0, L2_BEST), (INF, LINF_BEST))),
@@ -297,13 +283,13 @@ def _tables_1_2(name, model, x, y, args, results, done) -> None:
                     }
                     if attack == "C&W":
                         row["budget"] = f"{args.cw_search}x{args.cw_steps} c0={args.cw_c_init:g}"
-                    _append(results, row, done)
+                    done.record(row)
                 print(
                     f"  {attack:<24}{_fmt(row)} {row['seconds_per_image']:>9.4f} s/img", flush=True
                 )
 
 
-def _table_5(name, model, args, results, done) -> None:
+def _table_5(name, model, args, done) -> None:
     images, labels = load_dataset(get_spec(name).dataset, "test", args.data_dir)
     x, y = images[: args.t5_n], labels[: args.t5_n]
     with torch.no_grad():
@@ -327,7 +313,7 @@ def _table_5(name, model, args, results, done) -> None:
                     "n": len(y),
                     "clean_accuracy": clean,
                 }
-                _append(results, row, done)
+                done.record(row)
         accs = [done[key]["accuracy"] for key in keys]
         secs = [done[key]["seconds_per_image"] for key in keys]
         label = "TR First" if order == 1 else "TR Second"
@@ -500,8 +486,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    done = _done(results)
+    done = Results(out / "results.jsonl", key=_key)
     evaluated = []
     for name in args.models:
         model = _load(name, args)
@@ -517,9 +502,9 @@ def main() -> None:
                 f"\n{name}: accuracy {100 * acc:.2f}% on the first 1000 test images; "
                 f"attacking the first {len(y)} correct"
             )
-            _tables_1_2(name, model, x, y, args, results, done)
+            _tables_1_2(name, model, x, y, args, done)
         if "5" in args.tables and name in SWISH_MODELS:
-            _table_5(name, model, args, results, done)
+            _table_5(name, model, args, done)
     _targets(evaluated, done)
     _plot(list(dict.fromkeys(r["model"] for r in done.values())), done, out)  # every model
 
