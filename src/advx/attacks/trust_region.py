@@ -24,6 +24,7 @@ from ._core import (
     check_positive,
     clip_box,
     flat,
+    is_adversarial,
     lp_norm,
     parse_norm,
     per_sample,
@@ -261,8 +262,9 @@ def _project_to_linear_boundary(base: Tensor, x: Tensor, f: Tensor, g: Tensor, p
 
 def _succeeds(logits: Tensor, labels: Tensor, attacked: Tensor | None) -> Tensor:
     """Untargeted (``attacked`` None): another class wins; else class ``attacked`` wins."""
-    pred = logits.argmax(1)
-    return pred != labels if attacked is None else pred == attacked
+    if attacked is None:
+        return is_adversarial(logits, labels)
+    return is_adversarial(logits, attacked, targeted=True)
 
 
 def _bisect_towards_input(
