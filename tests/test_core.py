@@ -15,6 +15,7 @@ from advx.attacks._core import (
     project_lp_ball,
     steepest_direction,
     update_best,
+    validate,
 )
 
 
@@ -138,3 +139,25 @@ def test_attacks_leave_batchnorm_statistics_of_a_training_model_alone(attack):
     assert model.training
     assert torch.equal(bn.running_mean, before[0]) and torch.equal(bn.running_var, before[1])
     assert torch.equal(bn.num_batches_tracked, before[2])
+
+
+def test_validate_probe_checks_all_labels_but_runs_the_model_on_the_probe_only():
+    calls = []
+
+    class Counting(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(4, 3)
+
+        def forward(self, x):
+            calls.append(x.shape[0])
+            return self.linear(x.flatten(1))
+
+    model, inputs = Counting(), torch.rand(5, 1, 2, 2)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    logits = validate(model, inputs, labels, probe=1)
+    assert calls == [1] and logits.shape == (1, 3)
+    assert torch.equal(logits, model.linear(inputs[:1].flatten(1)).detach())
+    labels[-1] = 3
+    with pytest.raises(ValueError, match="labels"):
+        validate(model, inputs, labels, probe=1)

@@ -315,6 +315,10 @@ def test_bad_inputs_and_probability_models_are_refused(attack):
         attack(ProbabilityModel(model), inputs, labels)
     with pytest.raises(ValueError, match="labels"):
         attack(model, inputs, labels[:-1])
+    out_of_range = labels.clone()
+    out_of_range[-1] = 3  # the contract check probes only the first sample's logits
+    with pytest.raises(ValueError, match="labels"):
+        attack(model, inputs, out_of_range)
 
 
 def test_defaults_are_valid_keyword_sets():

@@ -140,17 +140,23 @@ def check_int(value: int, name: str, minimum: int = 1) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-def validate(model: nn.Module, inputs: Tensor, labels: Tensor) -> Tensor:
+def validate(model: nn.Module, inputs: Tensor, labels: Tensor, probe: int | None = None) -> Tensor:
     """Check the attack contract's arguments and return the clean logits (computed without grad,
     in eval mode like every attack's own passes: a model left in training mode would otherwise
-    use batch statistics and update its BatchNorm running statistics here)."""
+    use batch statistics and update its BatchNorm running statistics here).
+
+    ``probe=k`` runs the forward pass on the first k samples only (their logits are returned):
+    for attacks whose own first pass computes the clean logits anyway, the model and the labels'
+    class range are still checked, at a fraction of a batch's forward pass.
+    """
     if not callable(model):
         raise TypeError("model must be a callable torch.nn.Module returning logits")
     check_inputs(inputs)
     check_labels(labels, inputs.shape[0], None)
+    checked = inputs if probe is None else inputs[:probe]
     with torch.no_grad(), attack_mode(model):
-        logits = model(inputs)
-    check_logits(logits, inputs.shape[0])
+        logits = model(checked)
+    check_logits(logits, checked.shape[0])
     check_labels(labels, inputs.shape[0], logits.shape[1])
     return logits
 

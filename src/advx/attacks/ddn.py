@@ -289,7 +289,7 @@ def _run(
 ) -> Tensor:
     """Check the arguments, run the shared loop in attack mode, and apply ``max_norm``."""
     settings.check()
-    validate(model, inputs, labels)
+    validate(model, inputs, labels, probe=1)  # the loop's first pass gives the clean logits
     with attack_mode(model):
         best_adv, best_norm, last = _decoupled_loop(
             model, inputs, labels, settings, make_rule(inputs)
