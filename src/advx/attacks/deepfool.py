@@ -103,16 +103,21 @@ def candidate_classes(logits: Tensor, first: Tensor, count: int) -> Tensor:
     return torch.cat([first[:, None], others], dim=1)
 
 
-def _margins_and_gradients(
-    model: nn.Module, x: Tensor, classes: Tensor
-) -> tuple[Tensor, Tensor, Callable[[], Tensor]]:
-    """Logits at x (one forward pass) and a closure giving the input gradients of the C-1
-    differences z_k - z_c0 for the candidates k = classes[:, 1:] (C-1 batched backward passes,
-    vmapped on accelerators as in ``class_gradients``), so that the backward passes are only
-    paid when some sample still needs a step."""
+def _forward_with_graph(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(x as a leaf that requires grad, the logits at x with their graph): one forward pass."""
     x = x.detach().requires_grad_(True)
     with torch.enable_grad():
-        logits = model(x)
+        return x, model(x)
+
+
+def _candidate_margins(
+    x: Tensor, logits: Tensor, classes: Tensor
+) -> tuple[Tensor, Callable[[], Tensor]]:
+    """The margins z_k - z_c0 for the candidates k = classes[:, 1:] at x (``logits`` must carry
+    the graph of ``_forward_with_graph``) and a closure giving their input gradients (C-1
+    batched backward passes, vmapped on accelerators as in ``class_gradients``), so that the
+    backward passes are only paid when some sample still needs a step."""
+    with torch.enable_grad():
         z = logits.gather(1, classes)
         margins = z[:, 1:] - z[:, :1]
 
@@ -128,7 +133,7 @@ def _margins_and_gradients(
                 grads = _backward_per_rank(margins, x)
         return grads.transpose(0, 1).detach()
 
-    return logits.detach(), margins.detach(), gradients
+    return margins.detach(), gradients
 
 
 def _linearised_boundaries(
@@ -178,22 +183,28 @@ def _run_deepfool(
     inputs: Tensor,
     labels: Tensor,
     targets: Tensor | None,
-    classes: Tensor,
+    candidates: int,
     p: float,
     steps: int,
     overshoot: float,
 ) -> Tensor:
     """The DeepFool iterations on the samples still active; returns the adversarial iterates and
-    the original inputs where none was found."""
+    the original inputs where none was found. The candidate classes come from the clean logits
+    of the first iteration's forward pass (no separate clean pass)."""
     r_total = torch.zeros_like(inputs)
     x = inputs.clone()
     active = torch.ones(inputs.shape[0], dtype=torch.bool, device=inputs.device)
     success = torch.zeros_like(active)
+    classes = None
     for iteration in range(steps + 1):
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        logits, margins, gradients = _margins_and_gradients(model, x[idx], classes[idx])
+        xg, graph_logits = _forward_with_graph(model, x[idx])
+        logits = graph_logits.detach()
+        if classes is None:  # iteration 0: every sample is active and x is the clean input
+            classes = candidate_classes(logits, labels if targets is None else targets, candidates)
+        margins, gradients = _candidate_margins(xg, graph_logits, classes[idx])
         done = _succeeded(logits, labels[idx], None if targets is None else targets[idx])
         success[idx[done]] = True
         active[idx[done]] = False
@@ -267,12 +278,12 @@ def deepfool(
     check_int(steps, "steps", 1)
     check_positive(overshoot, "overshoot", allow_zero=True)
     check_int(candidates, "candidates", 2)
-    clean_logits = validate(model, inputs, labels)
-    targets = _resolve_targets(labels, target, targeted, clean_logits.shape[1])
-    first = labels if targets is None else targets
-    classes = candidate_classes(clean_logits, first, candidates)
+    probe_logits = validate(model, inputs, labels, probe=1)  # iteration 0 gives clean logits
+    targets = _resolve_targets(labels, target, targeted, probe_logits.shape[1])
     with attack_mode(model):
-        adv = _run_deepfool(model, inputs.detach(), labels, targets, classes, p, steps, overshoot)
+        adv = _run_deepfool(
+            model, inputs.detach(), labels, targets, candidates, p, steps, overshoot
+        )
     return adv.detach()
 
 
