@@ -176,6 +176,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200, help="images for DeepFool and DDN")
     parser.add_argument("--cw-n", type=int, default=100, help="images for C&W")
     parser.add_argument("--attacks", nargs="+", default=["deepfool", "ddn", "cw"])
+    parser.add_argument(
+        "--libraries",
+        nargs="+",
+        default=None,
+        help="run only these (advx always runs), e.g. --libraries adv-lib for a two-way rotation",
+    )
     parser.add_argument("--df-steps", type=int, default=50)
     parser.add_argument("--ddn-steps", type=int, default=100)
     parser.add_argument("--cw-search", type=int, default=9)
@@ -199,7 +205,10 @@ def main() -> None:
     print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     for family in args.attacks:
         make, n, budget = families[family]
+        n = min(n, x.shape[0])  # the correctly classified among the first 1000 test images
         impls, missing = make(args)
+        if args.libraries is not None:
+            impls = {k: v for k, v in impls.items() if k == "advx" or k in args.libraries}
         for line in missing:
             print(f"  {family}: skipped {line}")
         rows = _compare(model, x[:n], y[:n], impls, args.batch_size)
