@@ -9,6 +9,7 @@ from torch import nn
 from advx.attacks._core import INF, lp_norm
 from advx.attacks.trust_region import (
     _overshoot,
+    _project_to_linear_boundary,
     _refine,
     steihaug_cg,
     trust_region,
@@ -376,3 +377,63 @@ def test_callback_reports_the_state_after_each_iteration(order):
         assert torch.equal(state[1], fooled)
         assert torch.allclose(state[0][fooled], adv[fooled])
     assert any(0 < seen[k][1].sum() < 12 for k in seen)  # the radius makes it gradual
+
+
+def _box_projection_by_scipy(base, x, f, g, p):
+    """Reference: min ||u - base||_p s.t. f + <g, u - x> <= 0, 0 <= u <= 1, by a generic solver
+    (an LP in (u, t) for Linf, SLSQP for L2)."""
+    import numpy as np
+    from scipy.optimize import linprog, minimize
+
+    b, xx, gg = base.numpy(), x.numpy(), g.numpy()
+    rhs = float(gg @ xx - f)
+    dim = b.size
+    if p == INF:  # variables (u, t): min t, |u - b| <= t
+        eye = np.eye(dim)
+        a_ub = np.block(
+            [[eye, -np.ones((dim, 1))], [-eye, -np.ones((dim, 1))], [gg[None, :], np.zeros((1, 1))]]
+        )
+        b_ub = np.concatenate([b, -b, [rhs]])
+        cost = np.concatenate([np.zeros(dim), [1.0]])
+        res = linprog(cost, A_ub=a_ub, b_ub=b_ub, bounds=[(0, 1)] * dim + [(0, None)])
+        return res.fun
+    res = minimize(
+        lambda u: 0.5 * np.sum((u - b) ** 2),
+        np.clip(b - gg, 0, 1),
+        jac=lambda u: u - b,
+        bounds=[(0, 1)] * dim,
+        constraints=[{"type": "ineq", "fun": lambda u: rhs - gg @ u, "jac": lambda u: -gg}],
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
+    return float(np.sqrt(2 * res.fun))
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_projection_onto_the_linearised_boundary_respects_the_box_and_is_nearest(p):
+    """Many coordinates sit at the box (as in saturated images): the projection must stay in
+    [0, 1], satisfy the linearised constraint, and be as near to the base as a generic solver's."""
+    gen = torch.Generator().manual_seed(0)
+    n, dim = 12, 8
+    base = torch.rand(n, dim, generator=gen, dtype=torch.float64)
+    base[:, :3] = torch.tensor([0.0, 1.0, 0.02], dtype=torch.float64)
+    x = base.clone()
+    g = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    g[:, 0], g[:, 1] = g[:, 0].abs() * 3, -g[:, 1].abs() * 3  # pushes against the box
+    f = torch.rand(n, generator=gen, dtype=torch.float64) * 0.5 + 0.1
+    u = _project_to_linear_boundary(base, x, f, g, p)
+    assert ((u >= 0) & (u <= 1)).all()
+    assert (f + (g * (u - x)).sum(1) <= 1e-9).all()
+    for i in range(n):
+        reference = _box_projection_by_scipy(base[i], x[i], f[i].item(), g[i], p)
+        assert lp_norm((u - base)[i : i + 1], p).item() == pytest.approx(
+            reference, rel=1e-5, abs=1e-7
+        )
+
+
+def test_projection_without_a_feasible_point_moves_every_coordinate_to_its_bound():
+    base = torch.tensor([[0.5, 0.5]], dtype=torch.float64)
+    g = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    f = torch.tensor([5.0], dtype=torch.float64)  # f + <g, u - x> >= 5 - 1 > 0 on the box
+    u = _project_to_linear_boundary(base, base, f, g, 2.0)
+    assert torch.equal(u, torch.tensor([[0.0, 1.0]], dtype=torch.float64))
