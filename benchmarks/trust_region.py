@@ -325,9 +325,22 @@ def _table_5(name, model, args, done) -> None:
 # --------------------------------------------------------------------------- checks and plot
 
 
-def _row(done, model, table, attack, norm):
+def _row(done, model, table, attack, norm, n=None):
+    """The row of ``attack`` on ``n`` images, or on the most images measured when n is None."""
     rows = [r for k, r in done.items() if k[:4] == (model, table, attack, norm)]
+    if n is not None:
+        rows = [r for r in rows if r["n"] == n]
     return max(rows, key=lambda r: r["n"]) if rows else None
+
+
+def _common_n(done, model, table, rows: tuple[tuple[str, str], ...]) -> int | None:
+    """The largest image count at which every (attack, norm) in ``rows`` was measured, so that
+    a target compares attacks on the same images."""
+    counts = None
+    for attack, norm in rows:
+        ns = {r["n"] for k, r in done.items() if k[:4] == (model, table, attack, norm)}
+        counts = ns if counts is None else counts & ns
+    return max(counts) if counts else None
 
 
 def _check(label: str, ok: bool | None, detail: str) -> None:
@@ -345,7 +358,8 @@ def _targets(models, done) -> None:
             ("TR adaptive [hardest] + refine", "DeepFool [hardest]"),
             ("TR adaptive -> class", "DeepFool -> class"),
         ):
-            trh, dfh = _row(done, m, "2", attack, "l2"), _row(done, m, "2", ref, "l2")
+            n = _common_n(done, m, "2", ((attack, "l2"), (ref, "l2")))
+            trh, dfh = _row(done, m, "2", attack, "l2", n), _row(done, m, "2", ref, "l2", n)
             if trh and dfh and dfh["success"] > 0:
                 ratio = trh["avg_rho"] / dfh["avg_rho"]
                 _check(
@@ -358,20 +372,26 @@ def _targets(models, done) -> None:
 
 def _check_best_class(m: str, variant: str, done) -> None:
     """Table 1 targets for one TR variant: L2 median vs C&W and speed, Linf vs DeepFool/I-FGSM."""
-    cw, tr = _row(done, m, "1", "C&W", "l2"), _row(done, m, "1", variant, "l2")
+    n = _common_n(done, m, "1", (("C&W", "l2"), (variant, "l2")))
+    cw, tr = _row(done, m, "1", "C&W", "l2", n), _row(done, m, "1", variant, "l2", n)
     if cw and tr and cw["success"] > 0:
         ratio = tr["median_rho"] / cw["median_rho"]
         speed = cw["seconds_per_image"] / tr["seconds_per_image"]
         _check(
             f"{m} {variant} L2 median within 3% of C&W",
             ratio <= 1.03,
-            f"ratio {ratio:.3f} (C&W budget {cw.get('budget')})",
+            f"ratio {ratio:.3f} (n={n}, C&W budget {cw.get('budget')})",
         )
-        _check(f"{m} {variant} >= 30x faster than C&W", speed >= 30, f"{speed:.1f}x")
-    df = _row(done, m, "1", "DeepFool", "linf")
-    tri = _row(done, m, "1", variant, "linf")
+        _check(
+            f"{m} {variant} >= 30x faster than C&W",
+            speed >= 30,
+            f"{speed:.1f}x (n={n}, C&W budget {cw.get('budget')})",
+        )
+    n = _common_n(done, m, "1", (("DeepFool", "linf"), (variant, "linf")))
+    df = _row(done, m, "1", "DeepFool", "linf", n)
+    tri = _row(done, m, "1", variant, "linf", n)
     for baseline in ("I-FGSM fixed step", "I-FGSM"):
-        fg = _row(done, m, "1", baseline, "linf")
+        fg = _row(done, m, "1", baseline, "linf", n)
         if df and fg and tri:
             _check(
                 f"{m} {variant} Linf avg rho below DeepFool's and {baseline}'s",
