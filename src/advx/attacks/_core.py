@@ -318,6 +318,14 @@ def is_adversarial(logits: Tensor, labels: Tensor, targeted: bool = False) -> Te
     return pred == labels if targeted else pred != labels
 
 
+def reaches(logits: Tensor, labels: Tensor, attacked: Tensor | None = None) -> Tensor:
+    """Boolean (N,): with ``attacked`` None, a class other than ``labels`` wins; otherwise the
+    attacked class wins (a minimal-norm attack towards a given class per sample)."""
+    if attacked is None:
+        return is_adversarial(logits, labels)
+    return is_adversarial(logits, attacked, targeted=True)
+
+
 def loss_and_grad(
     model: nn.Module, x: Tensor, labels: Tensor, loss: str = "ce", targeted: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:

@@ -19,6 +19,7 @@ from ._core import (
     dual_exponent,
     lp_norm,
     parse_norm,
+    reaches,
     steepest_direction,
     validate,
     view_like,
@@ -173,11 +174,6 @@ def _deepfool_step(margins: Tensor, grads: Tensor, p: float, targeted: bool) -> 
     return view_like(size, w_chosen) * steepest_direction(w_chosen, p)
 
 
-def _succeeded(logits: Tensor, labels: Tensor, targets: Tensor | None) -> Tensor:
-    pred = logits.argmax(1)
-    return pred == targets if targets is not None else pred != labels
-
-
 def _run_deepfool(
     model: nn.Module,
     inputs: Tensor,
@@ -205,7 +201,7 @@ def _run_deepfool(
         if classes is None:  # iteration 0: every sample is active and x is the clean input
             classes = candidate_classes(logits, labels if targets is None else targets, candidates)
         margins, gradients = _candidate_margins(xg, graph_logits, classes[idx])
-        done = _succeeded(logits, labels[idx], None if targets is None else targets[idx])
+        done = reaches(logits, labels[idx], None if targets is None else targets[idx])
         success[idx[done]] = True
         active[idx[done]] = False
         keep = ~done

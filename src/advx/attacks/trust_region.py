@@ -24,10 +24,10 @@ from ._core import (
     check_positive,
     clip_box,
     flat,
-    is_adversarial,
     lp_norm,
     parse_norm,
     per_sample,
+    reaches,
     update_best,
     validate,
     view_like,
@@ -282,13 +282,6 @@ def _project_to_linear_boundary(base: Tensor, x: Tensor, f: Tensor, g: Tensor, p
     return clip_box(base - view_like(lam, d) * d)
 
 
-def _succeeds(logits: Tensor, labels: Tensor, attacked: Tensor | None) -> Tensor:
-    """Untargeted (``attacked`` None): another class wins; else class ``attacked`` wins."""
-    if attacked is None:
-        return is_adversarial(logits, labels)
-    return is_adversarial(logits, attacked, targeted=True)
-
-
 def _bisect_towards_input(
     model: nn.Module,
     inputs: Tensor,
@@ -306,7 +299,7 @@ def _bisect_towards_input(
     for _ in range(steps):
         mid = (low + high) / 2
         with torch.no_grad():
-            success = _succeeds(model(inputs + view_like(mid, delta) * delta), labels, attacked)
+            success = reaches(model(inputs + view_like(mid, delta) * delta), labels, attacked)
         high, low = torch.where(success, mid, high), torch.where(success, low, mid)
     return inputs + view_like(high, delta) * delta
 
@@ -331,9 +324,10 @@ def _refine(
     Trust-region steps stop at the first adversarial iterate, on the boundary but not at its
     point nearest the input. Each refinement step moves an adversarial iterate towards the input,
     u = x0 + ``shrink`` (x - x0), then projects u onto the far side of the linearised boundary at
-    x within the box (``_project_to_linear_boundary``) and overshoots on the whole perturbation, as DeepFool
-    does (no compounding: each step starts again from the shrunk point); a non-adversarial iterate is projected from itself. Its fixed points have the
-    perturbation parallel to the dual direction of the margin gradient, the optimality condition
+    x within the box (``_project_to_linear_boundary``) and overshoots on the whole perturbation,
+    as DeepFool does (no compounding: each step starts again from the shrunk point); a
+    non-adversarial iterate is projected from itself. Its fixed points have the perturbation
+    parallel to the dual direction of the margin gradient, the optimality condition
     of the minimal-norm problem. Every iterate that is adversarial (``attacked`` None: any other
     class wins; else class ``attacked`` wins) and smaller than the best so far replaces it.
     One forward and one backward pass per step on the refined rows, then a bisection on the
@@ -353,7 +347,7 @@ def _refine(
         target = _project_to_linear_boundary(base, x, f, g, p)
         x = clip_box(x0 + (1 + overshoot) * (target - x0))
     with torch.no_grad():
-        success = _succeeds(model(x), y, cls)
+        success = reaches(model(x), y, cls)
     update_best(best, best_norm, x, lp_norm(x - x0, p), success)
     best = _bisect_towards_input(model, x0, best, y, cls)
     adv[idx], norms[idx] = best, lp_norm(best - x0, p)
@@ -460,10 +454,7 @@ def _run(
             logits, t, f, g, xg = _pair_gradient(
                 model, xi, None if mode == "fixed" else labels[idx], fixed[idx], need_graph
             )
-        if targets is not None and mode == "fixed":
-            done = logits.argmax(1) == targets[idx]
-        else:
-            done = logits.argmax(1) != labels[idx]
+        done = reaches(logits, labels[idx], targets[idx] if mode == "fixed" else None)
         update_best(best_adv, best_norm, x, lp_norm(x - inputs, p), _scatter(done, idx, n))
         if it > 0 and adaptive:  # Algorithm 1: rho = actual / predicted change of z_t - z_i
             f_new = logits.gather(1, down[idx, None]) - logits.gather(1, up[idx, None])
@@ -571,8 +562,8 @@ def trust_region(
     that is nearer than the radius, and such a boundary-reaching step is extended along dx by
     ``overshoot`` times the norm of the whole new perturbation (``_overshoot``; a per-step factor
     stalls on the boundary, and overshooting the whole perturbation compounds at junctions of
-    classes), so a linear model is crossed at 1 + overshoot times its optimum. Second order adds 1/2 <dx, H dx> with H the Hessian of f (eq. (3)): Hessian-vector
-    products by double backward, the subproblem solved by Steihaug-Toint truncated CG (the
+    classes), so a linear model is crossed at 1 + overshoot times its optimum. Second order
+    adds 1/2 <dx, H dx> with H the Hessian of f (eq. (3)): Hessian-vector products by double backward, the subproblem solved by Steihaug-Toint truncated CG (the
     paper's [25]; the paper mentions Lanczos), the step shortened to the first zero of the
     quadratic model. Where H d = 0 along every CG direction (piecewise-linear ReLU networks,
     Sec. 3, [29, Thm. 1]) the first-order step is used, so ``order=2`` equals ``order=1`` there.
