@@ -11,6 +11,8 @@ from advx.attacks.trust_region import (
     _overshoot,
     _project_to_linear_boundary,
     _refine,
+    gltr,
+    lanczos,
     steihaug_cg,
     trust_region,
     update_radius,
@@ -85,6 +87,30 @@ def test_fixed_radius_takes_radius_sized_steps():
     long = trust_region(model, x, y, adaptive=False, radius=r, steps=12)
     assert (model(long).argmax(1) != y).all()
     assert (lp_norm(long - x, 2) / dist <= 1.02 + 1e-6).all()
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_without_the_stop_each_step_is_the_models_minimiser_in_the_ball(p):
+    """stop_at_boundary=False (Algorithm 1 as printed): every step is -radius g/||g||_2 (L2) or
+    -radius sign(g) (Linf), the minimiser of the linear model in the ball, with no stop at the
+    linearised boundary and no overshoot; so the one-step perturbation has norm radius exactly,
+    while the default stops at (1 + overshoot) times the nearer boundary."""
+    model, x, y = make_problem(n=8, k=2, seed=5, dtype=torch.float64)
+    dist = minimal_distance(model, x, y, p)
+    r = float(dist.max()) * 1.5
+    kept = {}
+
+    def grab(k, iterates, _succeeded):
+        kept[k] = iterates.clone()
+
+    trust_region(model, x, y, norm=p, adaptive=False, radius=r, steps=1,
+                 stop_at_boundary=False, callback=grab)  # fmt: skip
+    inside = ((kept[1] > 0) & (kept[1] < 1)).flatten(1).all(1)  # not clipped by the box
+    assert inside.sum() >= 4
+    norms = lp_norm(kept[1] - x, p)[inside]
+    assert torch.allclose(norms, torch.full_like(norms, r))
+    stopped = trust_region(model, x, y, norm=p, adaptive=False, radius=r, steps=1)
+    assert torch.allclose(lp_norm(stopped - x, p), 1.02 * dist)
 
 
 def _relu_mlp(d=16, k=4, seed=0, act=nn.ReLU) -> nn.Module:
@@ -162,6 +188,10 @@ def test_rejects_bad_arguments():
         trust_region(model, x + 2, y)
     with pytest.raises(TypeError, match="callback"):
         trust_region(model, x, y, callback=3)
+    with pytest.raises(ValueError, match="solver"):
+        trust_region(model, x, y, order=2, solver="cg")
+    with pytest.raises(TypeError, match="stop_at_boundary"):
+        trust_region(model, x, y, stop_at_boundary=1)
 
 
 @pytest.mark.parametrize("p", NORMS)
@@ -276,6 +306,124 @@ def test_steihaug_cg_solves_the_trust_region_subproblem():
     h_neg = -h_pd  # negative curvature: the first CG direction runs to the boundary
     s, _ = steihaug_cg(g, lambda v: hvp(v, h_neg), big, max_iter=50)
     assert torch.allclose(s, -g / g.norm(dim=1, keepdim=True) * 1e3)
+
+
+def _random_subproblem(n=6, d=8, seed=0, definite=False):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, d, d, generator=gen, dtype=torch.float64)
+    h = a @ a.transpose(1, 2) + torch.eye(d, dtype=torch.float64) if definite else a + a.mT
+    g = torch.randn(n, d, generator=gen, dtype=torch.float64)
+    return g, h, lambda v: (h @ v.unsqueeze(2)).squeeze(2)
+
+
+def test_lanczos_gives_an_orthonormal_basis_and_the_projected_hessian():
+    g, h, hvp = _random_subproblem(d=8)
+    basis, tri, gamma, curved = lanczos(g, hvp, steps=5)
+    eye = torch.eye(5, dtype=torch.float64).expand(6, 5, 5)
+    assert torch.allclose(basis @ basis.mT, eye, atol=1e-10)
+    assert torch.allclose(basis @ h @ basis.mT, tri, atol=1e-10)
+    assert torch.allclose(basis[:, 0], g / g.norm(dim=1, keepdim=True))
+    assert torch.allclose(gamma, g.norm(dim=1)) and curved.all()
+
+
+def test_gltr_meets_the_optimality_conditions_of_the_trust_region_subproblem():
+    """More & Sorensen (1983): s solves min <g, s> + 1/2 <s, H s> s.t. ||s|| <= r globally iff
+    (H + lam I) s = -g with lam >= 0, lam (r - ||s||) = 0 and H + lam I positive semidefinite;
+    with the full Krylov space (steps = d) GLTR's answer must meet them, on indefinite H."""
+    g, h, hvp = _random_subproblem(d=8)
+    r = torch.tensor([0.05, 0.3, 0.7, 1.0, 2.0, 5.0], dtype=torch.float64)
+    s, crosses, curved = gltr(g, hvp, r, steps=8)
+    assert not crosses.any() and curved.all()
+    hs = (h @ s.unsqueeze(2)).squeeze(2)
+    lam = -(s * (g + hs)).sum(1) / s.pow(2).sum(1)
+    assert torch.allclose(hs + lam[:, None] * s, -g, atol=1e-7)
+    assert (lam >= 0).all() and torch.allclose(s.norm(dim=1), r)
+    lowest = torch.linalg.eigvalsh(h)[:, 0]
+    assert (lowest + lam >= -1e-7).all()
+
+
+def test_gltr_returns_the_newton_step_inside_and_a_one_dimensional_krylov_space():
+    g, h, hvp = _random_subproblem(definite=True)
+    newton = -torch.linalg.solve(h, g.unsqueeze(2)).squeeze(2)
+    s, _, _ = gltr(g, hvp, torch.tensor(1e3, dtype=torch.float64), steps=8)
+    assert torch.allclose(s, newton, atol=1e-8)
+    # H = 2 I: the Krylov space closes after one vector; s = -g/2 inside, -r g/||g|| outside
+    r = torch.tensor([1e3, 0.1], dtype=torch.float64)
+    s, _, _ = gltr(g[:2], lambda v: 2 * v, r, steps=6)
+    assert torch.allclose(s[0], -g[0] / 2)
+    assert torch.allclose(s[1], -0.1 * g[1] / g[1].norm())
+    zero, _, curved = gltr(torch.zeros_like(g), hvp, r[0], steps=4)
+    assert torch.equal(zero, torch.zeros_like(g)) and not curved.any()
+
+
+def test_gltr_with_a_level_stops_at_the_nearest_zero_of_the_model():
+    """With level f: min ||s|| s.t. f + m(s) <= 0, checked against scipy's SLSQP from several
+    starts (a nonconvex problem); no crossing in the ball leaves the subproblem solution."""
+    from scipy.optimize import minimize
+
+    g, h, hvp = _random_subproblem(d=6, seed=1)
+    r = torch.full((6,), 0.8, dtype=torch.float64)
+    f = torch.tensor([0.3, 0.5, 0.8, 1.0, 1.2, 50.0], dtype=torch.float64)
+    s, crosses, _ = gltr(g, hvp, r, steps=6, level=f)
+    assert crosses[:5].all() and not crosses[5]
+    free, _, _ = gltr(g, hvp, r, steps=6)
+    assert torch.allclose(s[5], free[5])
+    gen = torch.Generator().manual_seed(2)
+    for i in range(5):
+        gi, hi, fi = g[i].numpy(), h[i].numpy(), float(f[i])
+
+        def model(u, gi=gi, hi=hi, fi=fi):
+            return fi + gi @ u + 0.5 * u @ hi @ u
+
+        best = min(
+            minimize(lambda u: u @ u, 0.3 * torch.randn(6, generator=gen, dtype=torch.float64).numpy(),
+                     constraints=[{"type": "ineq", "fun": lambda u: -model(u)},
+                                  {"type": "ineq", "fun": lambda u: 0.64 - u @ u}],
+                     method="SLSQP").fun
+            for _ in range(8)
+        )  # fmt: skip
+        assert abs(model(s[i].numpy())) < 1e-9
+        assert float(s[i].norm()) <= best**0.5 * (1 + 1e-5)
+
+
+class _Saddle(nn.Module):
+    """Two classes with the quadratic margin z_0 - z_1 = 0.25 + u_1 - 2 (u_1 + u_2)^2, u = x - 0.5:
+    the nearest crossing from the centre (norm 0.167) bends away from -grad = -e_1, along which
+    the margin first vanishes at norm (sqrt(3) - 1)/4 = 0.183, and the linearised boundary lies
+    at 0.25."""
+
+    def forward(self, x):
+        u = x.flatten(1) - 0.5
+        z0 = 0.25 + u[:, 0] - 2 * (u[:, 0] + u[:, 1]).pow(2)
+        return torch.stack([z0, torch.zeros_like(z0)], 1)
+
+
+def test_lanczos_second_order_bends_the_step_where_steihaug_cannot():
+    """One fixed-radius step from the centre: GLTR reaches the nearest crossing of the (exact)
+    quadratic model, times 1 + overshoot; Steihaug-CG meets negative curvature along -g at once
+    and only shortens that direction; first order stops at the linearised boundary."""
+    from scipy.optimize import minimize
+
+    model = _Saddle()
+    x = torch.full((1, 1, 4, 4), 0.5, dtype=torch.float64)
+    y = torch.zeros(1, dtype=torch.long)
+    optimum = minimize(lambda v: v @ v, [-0.15, -0.05],
+                       constraints=[{"type": "ineq",
+                                     "fun": lambda v: 2 * (v[0] + v[1]) ** 2 - 0.25 - v[0]}],
+                       method="SLSQP").fun ** 0.5  # fmt: skip
+    norms = {}
+    for name, options in {
+        "first": {},
+        "lanczos": {"order": 2},
+        "steihaug": {"order": 2, "solver": "steihaug"},
+    }.items():
+        adv = trust_region(model, x, y, adaptive=False, radius=1.0, steps=1, **options)
+        assert model(adv).argmax(1).item() == 1
+        norms[name] = lp_norm(adv - x, 2).item()
+    assert norms["lanczos"] == pytest.approx(1.02 * optimum, rel=1e-6)
+    assert norms["steihaug"] == pytest.approx(1.02 * (3**0.5 - 1) / 4, rel=1e-6)
+    assert norms["first"] == pytest.approx(1.02 * 0.25, rel=1e-6)
+    assert optimum < 0.95 * (3**0.5 - 1) / 4
 
 
 @pytest.mark.parametrize("target", ["best", "hardest"])

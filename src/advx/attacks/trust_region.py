@@ -1,6 +1,7 @@
 """Trust-region attack (Yao, Gholami, Xu, Keutzer & Mahoney, "Trust Region Based Adversarial
-Attack on Neural Networks", CVPR 2019): first order (L2, Linf) and second order (L2, Steihaug-Toint
-truncated conjugate gradients on Hessian-vector products).
+Attack on Neural Networks", CVPR 2019): first order (L2, Linf) and second order (L2, the
+trust-region subproblem solved by Lanczos / GLTR or Steihaug-Toint truncated conjugate gradients
+on Hessian-vector products).
 
 Notation follows the paper: z are the logits, t the class to push down (the true class while the
 sample is still correctly classified), i the attacked class, f(x) = z_t(x) - z_i(x) the margin
@@ -35,6 +36,7 @@ from ._core import (
 from .deepfool import candidate_classes, class_gradients
 
 TARGET_MODES = ("best", "hardest")
+SOLVERS = ("lanczos", "steihaug")  # second-order subproblem solvers
 
 # Relative defaults (fractions of the first linearised distance d0 of each sample), used where
 # radius / radius_min / radius_max are None; see ``trust_region``.
@@ -85,12 +87,15 @@ def _dual_norm(g: Tensor, p: float) -> Tensor:
     return lp_norm(g, 1.0 if p == INF else 2.0)
 
 
-def _linear_step(f: Tensor, g: Tensor, radius: Tensor, p: float) -> tuple[Tensor, Tensor]:
+def _linear_step(f: Tensor | None, g: Tensor, radius: Tensor, p: float) -> tuple[Tensor, Tensor]:
     """The minimiser of the first-order model f + <g, s> over ||s||_p <= radius, stopped at the
     linearised boundary f + <g, s> = 0: s = -min(f / ||g||_q, radius) d_p(g) with
-    d_p(g) = g/||g||_2 or sign(g). Returns (s, crosses): crosses where the boundary is reached."""
+    d_p(g) = g/||g||_2 or sign(g); ``f`` None: not stopped, s = -radius d_p(g). Returns
+    (s, crosses): crosses where the boundary is reached."""
     gn = _dual_norm(g, p)
-    dist = torch.where(gn > 0, f.clamp_min(0) / gn.clamp_min(1e-30), torch.full_like(gn, INF))
+    dist = torch.full_like(gn, INF)
+    if f is not None:
+        dist = torch.where(gn > 0, f.clamp_min(0) / gn.clamp_min(1e-30), dist)
     size = torch.minimum(dist, radius)
     if p == INF:
         direction = g.sign()
@@ -198,23 +203,126 @@ def steihaug_cg(
     return s, curved
 
 
-def _quadratic_step(
-    f: Tensor,
-    g: Tensor,
-    xg: Tensor,
-    radius: Tensor,
-    cg_steps: int,
+def lanczos(g: Tensor, hvp, steps: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Batched Lanczos tridiagonalisation of H on the Krylov space K(H, g) (Golub & Van Loan,
+    Alg. 10.1.1, with full reorthogonalisation; the basis of GLTR, Gould, Lucidi, Roma & Toint
+    1999). Returns (Q, T, gamma, curved): Q (N, k, D) orthonormal rows, T (N, k, k) = Q H Q^T
+    tridiagonal in float64, gamma = ||g||, and curved True where some H q != 0. A sample whose
+    Krylov space closes after m < k vectors (beta_m = 0) has its remaining vectors zero and the
+    rest of T padded with a decoupled positive diagonal, which carries no part of g."""
+    n, k = g.shape[0], steps
+    gf = flat(g)
+    gamma = gf.norm(dim=1)
+    basis = torch.zeros(n, k, gf.shape[1], dtype=gf.dtype, device=gf.device)
+    alpha = torch.zeros(n, k, dtype=torch.float64, device=gf.device)
+    beta = torch.zeros(n, k, dtype=torch.float64, device=gf.device)
+    open_ = gamma > 0
+    q = gf / gamma.clamp_min(1e-30)[:, None] * open_[:, None]
+    curved = torch.zeros_like(open_)
+    for j in range(k):
+        if not open_.any():
+            break
+        basis[:, j] = q
+        hq = flat(hvp(q.view_as(g)))
+        curved |= open_ & (hq.abs().amax(1) > 0)
+        alpha[:, j] = (hq * q).sum(1).double()
+        w, done = hq, basis[:, : j + 1]
+        for _ in range(2):  # full reorthogonalisation against every vector so far
+            w = w - torch.einsum("nk,nkd->nd", torch.einsum("nkd,nd->nk", done, w), done)
+        b = w.norm(dim=1)
+        open_ = open_ & (b > 1e-6 * hq.norm(dim=1))
+        beta[:, j] = torch.where(open_, b, torch.zeros_like(b)).double()
+        q = w / b.clamp_min(1e-30)[:, None] * open_[:, None]
+    used = basis.abs().amax(2) > 0  # the vectors each sample really has
+    pad = alpha.abs().amax(1, keepdim=True) + 1.0
+    alpha = torch.where(used, alpha, pad)
+    off = beta[:, :-1] * used[:, 1:]
+    tri = torch.diag_embed(alpha) + torch.diag_embed(off, 1) + torch.diag_embed(off, -1)
+    return basis, tri, gamma, curved
+
+
+def _path(mu: Tensor, c: Tensor, lam: Tensor) -> tuple[Tensor, Tensor]:
+    """On the trust-region path h(lam) = -(T + lam I)^{-1} gamma e1 (T = V diag(mu) V^T,
+    c = gamma V^T e1): ||h(lam)||^2 and the model value <gamma e1, h> + 1/2 <h, T h>."""
+    inv = 1.0 / (mu + lam[:, None])
+    norm2 = (c * c * inv * inv).sum(1)
+    value = (-c * c * inv + 0.5 * c * c * mu * inv * inv).sum(1)
+    return norm2, value
+
+
+def _bisect(lo: Tensor, hi: Tensor, below, iters: int = 80) -> Tensor:
+    """Per sample, the boundary between lo (where ``below`` holds) and hi (where it does not)
+    of a monotone predicate, by bisection in float64."""
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        ok = below(mid)
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid)
+    return lo
+
+
+def gltr(
+    g: Tensor, hvp, radius: Tensor, steps: int = 10, level: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Second-order L2 step: the Steihaug-CG minimiser s of m(s) = <g, s> + 1/2 <s, H s> in the
-    ball (eq. (3)), shortened to the first zero of the quadratic model f + m(tau s) = 0 when the
-    model predicts crossing the boundary there. Returns (step, crosses, curvature_seen)."""
+    """The trust-region subproblem min_s m(s) = <g, s> + 1/2 <s, H s> s.t. ||s||_2 <= radius,
+    solved in the Krylov space K_k(H, g) by Lanczos (GLTR: Gould, Lucidi, Roma & Toint, SIAM J.
+    Optim. 1999; the Lanczos method the paper, Sec. 3, names for its QCQP), batched. The small
+    tridiagonal problem is solved exactly (More & Sorensen 1983): its eigendecomposition gives
+    ||h(lam)|| and m(h(lam)) on the path h(lam) = -(T + lam I)^{-1} ||g|| e1 in closed form, and
+    the multiplier lam >= max(0, -mu_min) with ||h|| = radius is found by bisection (the
+    interior Newton point when T is positive definite and it lies inside). Unlike Steihaug-CG,
+    which stops where its first direction leaves the ball and so returns the steepest-descent
+    step whenever the radius is small, it bends the step with the curvature on the boundary.
+
+    With ``level`` = f (N,), the margin at the current point: where the model predicts the zero
+    of f + m within the ball, the step is the smallest one that reaches it, min ||s|| s.t.
+    f + m(s) <= 0 (on the path, by bisection on lam: along it m falls as ||s|| grows), the
+    second-order analogue of the first-order step stopped at the linearised boundary.
+    Returns (s, crosses, curved); crosses is all False without ``level``. The hard case
+    (g orthogonal to the lowest eigenvector of T) is not completed: s then stays inside."""
+    basis, tri, gamma, curved = lanczos(g, hvp, steps)
+    mu, vec = torch.linalg.eigh(tri)
+    c = gamma.double()[:, None] * vec[:, 0, :]
+    r = radius.double().expand_as(gamma).clone() if radius.dim() == 0 else radius.double()
+    floor = (-mu[:, 0]).clamp_min(0)
+    interior = (mu[:, 0] > 0) & (_path(mu, c, torch.zeros_like(r))[0] <= r * r)
+    span = gamma.double() / r.clamp_min(1e-30) + 1.0
+    eps = 1e-12 * (floor + span)
+    lam = _bisect(floor + eps, floor + span, lambda m: _path(mu, c, m)[0] > r * r)
+    lam = torch.where(interior, torch.zeros_like(lam), lam)
+    crosses = torch.zeros_like(interior)
+    if level is not None:
+        f = level.double().clamp_min(0)
+        crosses = f + _path(mu, c, lam)[1] <= 0
+        far = lam + floor + gamma.double() ** 2 / f.clamp_min(1e-30) + 1.0
+        nearest = _bisect(lam, far, lambda m: f + _path(mu, c, m)[1] <= 0)
+        lam = torch.where(crosses, nearest, lam)
+    h = -(vec * (c / (mu + lam[:, None]))[:, None, :]).sum(2)  # V diag(1/(mu+lam)) c
+    s = torch.einsum("nk,nkd->nd", h.to(basis.dtype), basis).view_as(g)
+    return s, crosses, curved
+
+
+def _quadratic_step(
+    f: Tensor | None, g: Tensor, xg: Tensor, radius: Tensor, krylov_steps: int, solver: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Second-order L2 step for m(s) = <g, s> + 1/2 <s, H s> in the ball (eq. (3)), on the
+    pixels free to move. ``'lanczos'``: GLTR's subproblem solution, or where the model reaches
+    its zero f + m(s) = 0 inside the ball the smallest step that does (``gltr``).
+    ``'steihaug'``: the Steihaug-CG minimiser, shortened along itself to the first zero of the
+    model. ``f`` None: no stop at the model's zero. Returns (step, crosses, curvature_seen)."""
     x = xg.detach()
     gd = g.detach()
-    mask = (_free(gd, x) != 0) | (gd == 0)
-    mask = mask.to(gd.dtype)
+    mask = ((_free(gd, x) != 0) | (gd == 0)).to(gd.dtype)
     gm = gd * mask
-    s, curved = steihaug_cg(gm, lambda v: _hvp(g, xg, v, mask), radius, max_iter=cg_steps)
-    a = 0.5 * (flat(s) * flat(_hvp(g, xg, s, mask))).sum(1)  # f + b tau + a tau^2
+
+    def hvp(v):
+        return _hvp(g, xg, v, mask)
+
+    if solver == "lanczos":
+        return gltr(gm, hvp, radius, steps=krylov_steps, level=f)
+    s, curved = steihaug_cg(gm, hvp, radius, max_iter=krylov_steps)
+    if f is None:
+        return s, torch.zeros_like(curved), curved
+    a = 0.5 * (flat(s) * flat(hvp(s))).sum(1)  # f + b tau + a tau^2
     b = (flat(gm) * flat(s)).sum(1)
     c = f.clamp_min(0)
     # smallest tau >= 0 with a tau^2 + b tau + c = 0, in the cancellation-free form
@@ -425,6 +533,8 @@ def _run(
     overshoot: float,
     steps: int,
     cg_steps: int,
+    solver: str,
+    stop_at_boundary: bool,
     callback: Callable[[int, Tensor, Tensor], None] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The trust-region iterations of Algorithm 1; returns (first adversarial iterate or the
@@ -490,9 +600,10 @@ def _run(
             d0 = f.clamp_min(0) / _dual_norm(gd, p)
             r0, lo, hi = _initial_radii(d0, *radii)
             radius[idx], rmin[idx], rmax[idx] = r0, lo, hi
-        step, crosses = _linear_step(f, _free(g.detach(), xi), radius[idx], p)
+        level = f if stop_at_boundary else None  # None: the model's minimiser in the ball
+        step, crosses = _linear_step(level, _free(g.detach(), xi), radius[idx], p)
         if order == 2:
-            step2, crosses2, curved = _quadratic_step(f, g, xg, radius[idx], cg_steps)
+            step2, crosses2, curved = _quadratic_step(level, g, xg, radius[idx], cg_steps, solver)
             step = torch.where(view_like(curved, step), step2, step)
             crosses = torch.where(curved, crosses2, crosses)
         x_new = clip_box(_overshoot(xi, step, inputs[idx], crosses, overshoot, p))
@@ -545,7 +656,9 @@ def trust_region(
     steps: int = 100,
     order: int = 1,
     overshoot: float = 0.02,
-    cg_steps: int = 20,
+    cg_steps: int = 10,
+    solver: str = "lanczos",
+    stop_at_boundary: bool = True,
     targeted: bool = False,
     refine_steps: int = 0,
     refine_shrink: float = 0.8,
@@ -562,11 +675,21 @@ def trust_region(
     that is nearer than the radius, and such a boundary-reaching step is extended along dx by
     ``overshoot`` times the norm of the whole new perturbation (``_overshoot``; a per-step factor
     stalls on the boundary, and overshooting the whole perturbation compounds at junctions of
-    classes), so a linear model is crossed at 1 + overshoot times its optimum. Second order
-    adds 1/2 <dx, H dx> with H the Hessian of f (eq. (3)): Hessian-vector products by double backward, the subproblem solved by Steihaug-Toint truncated CG (the
-    paper's [25]; the paper mentions Lanczos), the step shortened to the first zero of the
-    quadratic model. Where H d = 0 along every CG direction (piecewise-linear ReLU networks,
-    Sec. 3, [29, Thm. 1]) the first-order step is used, so ``order=2`` equals ``order=1`` there.
+    classes), so a linear model is crossed at 1 + overshoot times its optimum.
+    ``stop_at_boundary=False`` takes the minimiser of the model over the trust region instead,
+    Algorithm 1 as printed (no stop, no overshoot; the protocol of the paper's Table 5, where the
+    radius is fixed and the accuracy after k iterations is measured).
+
+    Second order adds 1/2 <dx, H dx> with H the Hessian of f (eq. (3)), through Hessian-vector
+    products by double backward. ``solver='lanczos'`` (default) solves the subproblem in a
+    Krylov space of dimension ``cg_steps`` by Lanczos, as the paper does (Sec. 3; GLTR,
+    ``gltr``), and stops at the smallest step that reaches the quadratic model's zero when the
+    model reaches it in the ball. ``'steihaug'`` uses Steihaug-Toint truncated CG (the paper's
+    [25]), shortened along its step to the model's first zero: cheaper, but where its first
+    direction, -g, leaves the ball (every step of our fixed-radius runs on the Swish models) it
+    returns the steepest-descent direction, so only the step length uses the curvature. Where
+    H q = 0 for every Krylov vector (piecewise-linear ReLU networks, Sec. 3, [29, Thm. 1]) the
+    first-order step is used, so ``order=2`` equals ``order=1`` there.
 
     Steps leaving [0, 1] are clipped, and pixels on the box boundary are left out of the step
     where it would push them outwards; the predicted change m^j is then re-measured on the step
@@ -599,12 +722,14 @@ def trust_region(
     CIFAR-10's), where the code's absolute 5e-4..0.05 bounds suit only its normalised CIFAR-10.
     eta = 1.2 as in the authors' code (the paper gives none); steps = 100 as in the code;
     candidates = 9 (the code's c = 9: every other class of a 10-class problem); overshoot =
-    0.02 as in the code and DeepFool. ``cg_steps`` bounds the CG iterations (Hessian-vector
-    products) per step of the second-order attack.
+    0.02 as in the code and DeepFool. ``cg_steps`` is the number of Lanczos vectors (CG
+    iterations for Steihaug, an upper bound), i.e. Hessian-vector products, per second-order
+    step.
 
     Cost per iteration, on the still-active samples only: one forward pass and the backward
     passes needed (1 + ``candidates`` for ``'best'``, one for a fixed class); ``order=2`` adds a
-    forward/backward with graph and up to ``cg_steps`` + 2 double-backward products.
+    forward/backward with graph and ``cg_steps`` + 1 double-backward products (Steihaug: up to
+    ``cg_steps`` + 2).
 
     ``callback(j, iterates, succeeded)``, if given, is called after the check of iterate j
     (j = 0 is the clean input) with the (N, ...) current iterates (a sample that succeeded keeps
@@ -634,6 +759,8 @@ def trust_region(
     check_int(steps, "steps", 1)
     check_int(candidates, "candidates", 1)
     check_int(cg_steps, "cg_steps", 1)
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
     check_positive(overshoot, "overshoot", allow_zero=True)
     check_int(refine_steps, "refine_steps", 0)
     number = isinstance(refine_shrink, (int, float)) and not isinstance(refine_shrink, bool)
@@ -648,8 +775,9 @@ def trust_region(
         raise ValueError(f"eta must be > 1, got {eta!r}")
     for value, name in ((radius, "radius"), (radius_min, "radius_min"), (radius_max, "radius_max")):
         _check_radius(value, name)
-    if not isinstance(adaptive, bool):
-        raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
+    for flag, name in ((adaptive, "adaptive"), (stop_at_boundary, "stop_at_boundary")):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable, got {type(callback).__name__}")
     clean_logits = validate(model, inputs, labels)
@@ -672,6 +800,8 @@ def trust_region(
             overshoot,
             steps,
             cg_steps,
+            solver,
+            stop_at_boundary,
             callback,
         )
         if refine_steps > 0:
@@ -690,4 +820,4 @@ def trust_region(
     return adv.detach()
 
 
-__all__ = ["steihaug_cg", "trust_region", "update_radius"]
+__all__ = ["gltr", "lanczos", "steihaug_cg", "trust_region", "update_radius"]
