@@ -84,7 +84,7 @@ def _curve(model, x, y, method: str, steps: int, dataset: str) -> list[float]:
 
 
 def _key(row: dict) -> tuple:
-    return (row["model"], row["mode"], row["method"], row["steps"])
+    return (row["model"], row["mode"], row["method"], row["steps"], row["n"])
 
 
 def _plot(curves: dict, out: Path) -> None:
@@ -129,12 +129,14 @@ def main() -> None:
         dataset = _dataset(model_name)
         model = load(model_name, args.data_dir)
         images, labels = load_dataset(dataset, "test", args.data_dir)
-        x, y, _ = first_correct(model, images[:1000], labels[:1000], args.n)
+        wanted = max(args.n, args.targeted_n)
+        x, y, _ = first_correct(model, images[:1000], labels[:1000], wanted)
         xt, yt = _targeted_set(x[: args.targeted_n], y[: args.targeted_n], 10)
+        x, y = x[: args.n], y[: args.n]
         for mode, (xs, ys) in (("untargeted", (x, y)), ("targeted", (xt, yt))):
             for steps in args.budgets:
                 for method in ("ddn", "anu"):
-                    if (model_name, mode, method, steps) in done:
+                    if (model_name, mode, method, steps, xs.shape[0]) in done:
                         continue
                     row = _run(
                         model, xs, ys, method, steps, mode == "targeted", dataset, args.batch_size
