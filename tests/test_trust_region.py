@@ -148,6 +148,22 @@ def test_batch_equals_per_sample(p, target):
     assert torch.allclose(batch, single, atol=1e-10)
 
 
+@pytest.mark.parametrize("solver", ["lanczos", "steihaug"])
+@pytest.mark.parametrize("stop", [True, False])
+def test_second_order_batch_equals_per_sample_on_a_smooth_network(solver, stop):
+    """Lanczos/Steihaug run batched, each row with its own Krylov space and stopping point."""
+    model = _relu_mlp(seed=4, act=nn.SiLU)
+    x = torch.rand(6, 1, 4, 4, dtype=torch.float64)
+    y = model(x).argmax(1)
+    options = {"order": 2, "solver": solver, "stop_at_boundary": stop, "steps": 20}
+    batch = trust_region(model, x, y, **options)
+    single = torch.cat(
+        [trust_region(model, x[i : i + 1], y[i : i + 1], **options) for i in range(6)]
+    )
+    assert (model(batch).argmax(1) != y).sum() >= 4
+    assert torch.allclose(batch, single, atol=1e-8)
+
+
 def test_returns_original_where_no_adversarial_or_already_misclassified():
     model, x, y = make_problem(n=4, k=3)
     wrong = (y + 1) % 3

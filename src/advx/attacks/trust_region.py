@@ -687,8 +687,9 @@ def trust_region(
     ``gltr``), and stops at the smallest step that reaches the quadratic model's zero when the
     model reaches it in the ball. ``'steihaug'`` uses Steihaug-Toint truncated CG (the paper's
     [25]), shortened along its step to the model's first zero: cheaper, but where its first
-    direction, -g, leaves the ball (every step of our fixed-radius runs on the Swish models) it
-    returns the steepest-descent direction, so only the step length uses the curvature. Where
+    direction, -g, leaves the ball it returns the steepest-descent direction, so only the step
+    length uses the curvature (at radius 0.2 on our Swish models its Table 5 accuracies without
+    the stop equal first order's at every k). Where
     H q = 0 for every Krylov vector (piecewise-linear ReLU networks, Sec. 3, [29, Thm. 1]) the
     first-order step is used, so ``order=2`` equals ``order=1`` there.
 
