@@ -135,6 +135,25 @@ def test_outputs_in_box_inputs_untouched_model_restored():
     assert all(q.grad is None and q.requires_grad for q in model.parameters())
 
 
+@pytest.mark.parametrize("solver", ["lanczos", "steihaug"])
+@pytest.mark.parametrize("stop", [True, False])
+def test_second_order_outputs_in_box_inputs_untouched(solver, stop):
+    """Second order on a smooth network with pixels on the box: outputs stay in [0, 1], the
+    inputs and the model's mode and parameters are untouched."""
+    model = _relu_mlp(seed=1, act=nn.SiLU)
+    model.train()
+    x = torch.rand(8, 1, 4, 4, dtype=torch.float64)
+    x[:, :, 0], x[:, :, 1] = 1.0, 0.0
+    y = model(x).argmax(1)
+    x_copy = x.clone()
+    adv = trust_region(model, x, y, order=2, solver=solver, stop_at_boundary=stop, steps=30)
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert (model(adv).argmax(1) != y).sum() >= 6
+    assert torch.equal(x, x_copy)
+    assert model.training
+    assert all(q.grad is None and q.requires_grad for q in model.parameters())
+
+
 @pytest.mark.parametrize("p", NORMS)
 @pytest.mark.parametrize("target", ["best", "hardest"])
 def test_batch_equals_per_sample(p, target):
