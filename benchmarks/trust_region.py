@@ -188,8 +188,8 @@ def _measure(model, x, y, name: str, p: float, args, targets=None) -> dict:
     }
 
 
-def _table5_rows(model, x, y, radius: float, args, **options) -> list[dict]:
-    """Accuracy after k = 1..``args.t5_k`` fixed-radius TR iterations (L2, best class) with the
+def _table5_rows(model, x, y, args, **options) -> list[dict]:
+    """Accuracy after k = 1..``args.t5_k`` fixed-radius (``args.t5_radius``) TR iterations (L2, best class) with the
     given ``trust_region`` options (order, solver, stop_at_boundary), from one run per batch
     (``trust_region``'s callback), with the cumulative seconds per image up to iteration k and
     per image-iteration (an image iterates at step k while it is not yet adversarial)."""
@@ -209,7 +209,7 @@ def _table5_rows(model, x, y, radius: float, args, **options) -> list[dict]:
             x[sl],
             y[sl],
             adaptive=False,
-            radius=radius,
+            radius=args.t5_radius,
             steps=steps,
             callback=record,
             **options,
@@ -331,7 +331,7 @@ def _table_5(name, model, args, done) -> None:
     for attack, label, options in _table5_attacks(args):
         keys = [(name, "5", attack, "l2", k, len(y)) for k in range(1, args.t5_k + 1)]
         if not all(key in done for key in keys):
-            for row in _table5_rows(model, x, y, args.t5_radius, args, **options):
+            for row in _table5_rows(model, x, y, args, **options):
                 row |= {
                     "model": name,
                     "table": "5",
