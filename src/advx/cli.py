@@ -81,7 +81,7 @@ def check_hyperparameters(info: AttackInfo, settings: dict) -> None:
                     f"(accepted: {', '.join(accepted)})"
                 )
     needs_eps = "eps" in parameters and parameters["eps"].default is inspect.Parameter.empty
-    if not info.minimal_norm and needs_eps and "eps" not in settings and "eps" not in info.defaults:
+    if not info.minimal_norm and needs_eps and "eps" not in settings:
         raise UsageError(f"--set eps=...: is required by the bounded attack {info.name}")
 
 

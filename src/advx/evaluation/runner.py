@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..attacks import get_attack
 from ..attacks._core import INF, attack_mode, check_inputs, check_labels, parse_norm
-from ..attacks.registry import AttackInfo
+from ..attacks.registry import BOUNDED, MINIMAL, AttackInfo
 from .counting import CountingModel
 from .metrics import norm_name, perturbation_norms, summarize, within_budget
 from .store import SAMPLE_COLUMNS, ResultsStore, run_key
@@ -57,16 +57,9 @@ def resolve_attack(attack: str | AttackInfo | Callable, hyperparameters: Mapping
         return get_attack(attack)
     if callable(attack):
         name = getattr(attack, "__name__", type(attack).__name__)
-        return AttackInfo(name, attack, minimal_norm="eps" not in hyperparameters)
+        kind = BOUNDED if "eps" in hyperparameters else MINIMAL
+        return AttackInfo(name=name, function=attack, kind=kind, norms=(1.0, 2.0, INF), any_p=True)
     raise TypeError(f"attack must be a name, an AttackInfo or a function, got {attack!r}")
-
-
-def _accepts(function: Callable, name: str) -> bool:
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return True
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
 
 
 def _signature_default(function: Callable, name: str):
@@ -80,19 +73,21 @@ def _signature_default(function: Callable, name: str):
 
 
 def resolve_norm(info: AttackInfo, norm) -> tuple[float, bool]:
-    """The attack's norm as a float and whether to pass it as ``norm=`` to the function."""
-    if info.fixed_norm is not None:
-        fixed = float(info.fixed_norm)
+    """The attack's norm as a float and whether to pass it as ``norm=`` to the function.
+
+    An attack without a ``norm=`` keyword works in its one registered norm; one that takes it
+    accepts its registered norms, and any p >= 1 when ``info.any_p``."""
+    if not info.takes_norm:
+        fixed = float(info.norms[0])
         if norm is not None and parse_norm(norm, None) != fixed:
             raise ValueError(f"norm: attack {info.name} works in the L{fixed:g} norm only")
         return fixed, False
-    passes = _accepts(info.function, "norm")
     if norm is None:
-        norm = info.defaults.get("norm", _signature_default(info.function, "norm"))
+        norm = _signature_default(info.function, "norm")
     if norm is None:
-        return INF, False
-    p = parse_norm(norm, info.norms or None)
-    return p, passes
+        return float(info.norms[0]), True
+    p = parse_norm(norm, None if info.any_p else info.norms)
+    return p, True
 
 
 def choose_targets(labels: Tensor, num_classes: int, mode: str = "random", seed: int = 0) -> Tensor:
@@ -368,7 +363,7 @@ def run_attack(
         num_classes = model(images[:1].to(device)).shape[1]
     check_labels(labels, images.shape[0], num_classes)
     targets = _resolve_targets(targeted, targets, labels, num_classes, seed)
-    kwargs = {**info.defaults, **hyperparameters, "targeted": targeted}
+    kwargs = {**hyperparameters, "targeted": targeted}
     if pass_norm:
         kwargs["norm"] = p
     eps = kwargs.get("eps")
