@@ -47,6 +47,7 @@ from ._core import (
     attack_mode,
     check_int,
     clip_box,
+    contract,
     flat,
     parse_norm,
     per_sample,
@@ -264,6 +265,7 @@ def _run(
     return x
 
 
+@contract
 def gn(
     model: nn.Module,
     inputs: Tensor,
@@ -317,6 +319,7 @@ def gn(
     return _run(model, inputs, labels, radius, p, 1, targeted, margin, "margin", pieces)
 
 
+@contract
 def gn_iterative(
     model: nn.Module,
     inputs: Tensor,
@@ -342,6 +345,7 @@ def gn_iterative(
     return _run(model, inputs, labels, radius, p, steps, targeted, margin, "margin", pieces)
 
 
+@contract
 def gn_simple(
     model: nn.Module,
     inputs: Tensor,
@@ -374,6 +378,7 @@ def bernoulli_noise(
     return clip_box(inputs + view_like(radius, inputs) * signs).detach()
 
 
+@contract
 def bernoulli(
     model: nn.Module,
     inputs: Tensor,

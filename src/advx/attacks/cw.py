@@ -13,6 +13,7 @@ from ._core import (
     binary_search_step,
     check_int,
     check_positive,
+    contract,
     flat,
     margin,
     validate,
@@ -135,6 +136,7 @@ def _optimise_const(
     return best_adv, best_norm, found
 
 
+@contract
 def carlini_wagner_l2(
     model: nn.Module,
     inputs: Tensor,

@@ -26,6 +26,7 @@ from ._core import (
     check_int,
     check_positive,
     clip_box,
+    contract,
     is_adversarial,
     loss_and_grad,
     lp_norm,
@@ -304,6 +305,7 @@ def _run(
 # --------------------------------------------------------------------------- public attacks
 
 
+@contract
 def ddn(
     model: nn.Module,
     inputs: Tensor,
@@ -355,6 +357,7 @@ def ddn(
     return _run(model, inputs, labels, settings, lambda like: FixedFactor(gamma, like))
 
 
+@contract
 def anu(
     model: nn.Module,
     inputs: Tensor,

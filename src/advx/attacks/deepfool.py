@@ -16,6 +16,7 @@ from ._core import (
     check_labels,
     check_positive,
     clip_box,
+    contract,
     dual_exponent,
     lp_norm,
     parse_norm,
@@ -229,6 +230,7 @@ def _resolve_targets(
     return None
 
 
+@contract
 def deepfool(
     model: nn.Module,
     inputs: Tensor,

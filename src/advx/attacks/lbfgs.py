@@ -13,6 +13,7 @@ from ._core import (
     binary_search_step,
     check_int,
     check_positive,
+    contract,
     flat,
     is_adversarial,
     validate,
@@ -73,6 +74,7 @@ def _solve(objective: _BatchObjective, start: Tensor, max_iter: int) -> Tensor:
     return torch.from_numpy(result.x).to(start).reshape(start.shape).clamp(0.0, 1.0)
 
 
+@contract
 def lbfgs(
     model: nn.Module,
     inputs: Tensor,
