@@ -182,7 +182,7 @@ def forward(model, inputs: Tensor, name: str = "inputs") -> Tensor:
     argument, the shape given and what the model expects; the output is checked as logits."""
     try:
         logits = model(inputs)
-    except RuntimeError as error:
+    except (RuntimeError, ValueError) as error:  # torch's shape and dtype errors
         expected = expected_input(model)
         wanted = f"; the model expects {expected}" if expected else ""
         raise ValueError(
