@@ -211,16 +211,49 @@ def loss_and_grad(
     return logits.detach(), value.detach(), grad
 
 
+# --------------------------------------------------------------------------- targets
+
+
+def attacked_classes(
+    labels: Tensor, target: Tensor | None, targeted: bool, num_classes: int
+) -> Tensor | None:
+    """The class each sample is pushed towards by a minimal-norm attack that also takes a
+    ``target=`` keyword: the labels themselves when ``targeted`` (they are the targets), the
+    checked ``target`` tensor when given, else None (any other class)."""
+    if targeted and target is not None:
+        raise ValueError(
+            "give the target classes either as labels with targeted=True or as target="
+        )
+    if targeted:
+        return labels
+    if target is not None:
+        target = as_labels(target, labels.shape[0], name="target")
+        check_labels(target, labels.shape[0], num_classes, name="target")
+        return target.to(labels.device)
+    return None
+
+
 # --------------------------------------------------------------------------- tracking
+
+
+def keep_best(
+    best_adv: Tensor, best_norm: Tensor, candidate: Tensor, candidate_norm: Tensor, success: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per sample, the lower-norm of the best so far and a successful candidate, without host
+    synchronisation. Returns the new (best adversarial, best norm) and the mask of improved
+    samples."""
+    improved = success & (candidate_norm < best_norm)
+    adv = torch.where(view_like(improved, candidate), candidate.to(best_adv.dtype), best_adv)
+    return adv, torch.where(improved, candidate_norm, best_norm), improved
 
 
 def update_best(
     best_adv: Tensor, best_norm: Tensor, candidate: Tensor, candidate_norm: Tensor, success: Tensor
 ) -> Tensor:
-    """Keep, per sample, the lowest-norm successful candidate. Updates in place; returns the mask."""
-    improved = success & (candidate_norm < best_norm)
-    best_norm[improved] = candidate_norm[improved]
-    best_adv[improved] = candidate[improved].to(best_adv.dtype)
+    """:func:`keep_best` in place on ``best_adv`` and ``best_norm``; returns the mask."""
+    adv, norm, improved = keep_best(best_adv, best_norm, candidate, candidate_norm, success)
+    best_adv.copy_(adv)
+    best_norm.copy_(norm)
     return improved
 
 

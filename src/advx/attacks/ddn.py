@@ -65,8 +65,6 @@ ANU_TARGETED_DEFAULTS: dict[str, dict] = {
     "mnist": {**_ANU_COMMON, "gamma0": 0.05, "alpha_gamma": 0.05},
     "cifar10": {**_ANU_COMMON, "gamma0": 0.15, "alpha_gamma": 0.06},
 }
-# Section 5.3 (after Rony et al. 2019): adversarial training caps the perturbation norm.
-ADVERSARIAL_TRAINING_MAX_NORM: dict[str, float] = {"mnist": 2.4, "cifar10": 1.0}
 
 
 # --------------------------------------------------------------------------- argument checks

@@ -19,8 +19,9 @@ from ._core import (
     contract,
     flat,
     is_adversarial,
+    keep_best,
+    update_best,
     validate,
-    view_like,
 )
 from ._lockstep import run_in_lockstep
 
@@ -66,9 +67,8 @@ class _BatchObjective:
 
     def _track(self, index: Tensor, x: Tensor, norm: Tensor, logits: Tensor) -> None:
         adversarial = is_adversarial(logits, self.labels[index], self.targeted)
-        better = adversarial & (norm < self.best_norm[index])
-        self.best_adv[index[better]] = x[better]
-        self.best_norm[index[better]] = norm[better]
+        adv, norm, _ = keep_best(self.best_adv[index], self.best_norm[index], x, norm, adversarial)
+        self.best_adv[index], self.best_norm[index] = adv, norm
 
 
 def _solve(objective: _BatchObjective, start: Tensor, max_iter: int) -> Tensor:
@@ -133,9 +133,8 @@ def lbfgs(
             solution = _solve(objective, inputs, max_iter)
             with torch.no_grad():
                 solved = is_adversarial(model(solution), labels, targeted)
-            better = objective.best_norm < best_norm
-            best_adv = torch.where(view_like(better, inputs), objective.best_adv, best_adv)
-            best_norm = torch.where(better, objective.best_norm, best_norm)
+            found = torch.isfinite(objective.best_norm)
+            update_best(best_adv, best_norm, objective.best_adv, objective.best_norm, found)
             const = binary_search_step(const, lower, upper, solved)
     return best_adv.detach()
 

@@ -17,7 +17,7 @@ from ._core import (
     parse_norm,
     validate,
 )
-from .deepfool import candidate_classes, class_gradients
+from .linearisation import boundary_distance, candidate_classes, class_gradients
 
 MODES = ("best", "hardest", "least_likely", "random")
 
@@ -33,13 +33,7 @@ def linearised_distances(
     with attack_mode(model):
         logits, grads = class_gradients(model, inputs, torch.cat([labels[:, None], classes], 1))
     z = logits.gather(1, torch.cat([labels[:, None], classes], 1))
-    diff = (grads[:, :1] - grads[:, 1:]).flatten(2)
-    if q == INF:
-        w_norm = diff.abs().amax(2)
-    else:
-        w_norm = diff.abs().pow(q).sum(2).pow(1 / q)
-    dist = (z[:, :1] - z[:, 1:]).abs() / w_norm.clamp_min(1e-30)
-    dist = torch.where(w_norm > 0, dist, torch.full_like(dist, INF))
+    dist = boundary_distance(z[:, :1] - z[:, 1:], grads[:, :1] - grads[:, 1:], q)
     return dist.masked_fill(classes == labels[:, None], INF)
 
 
