@@ -19,14 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-import torch
-from _results import Results
-
-from advx.data import first_correct, load_dataset
-from advx.evaluation.runner import run_attack
-from advx.models import get_spec, load
+import _harness as harness
 
 
 def _attacks(args: argparse.Namespace) -> dict[str, tuple[str, float, dict]]:
@@ -54,26 +48,10 @@ def _key(row: dict) -> str:
     )
 
 
-def _measure(model, x, y, name: str, norm: float, hyper: dict, batch: int) -> dict:
-    result = run_attack(
-        model, x, y, name, norm=norm, hyperparameters=hyper, batch_size=batch, progress=False
-    )
-    s = result.summary
-    return {
-        "norm": s["norm"],
-        "success": s["success_rate"],
-        "median": s["norm_stats"]["median"],
-        "mean": s["norm_stats"]["mean"],
-        "seconds_per_image": s["seconds_per_sample"],
-        "gradients_per_image": s["backwards_per_sample"],
-        "forwards_per_image": s["forwards_per_sample"],
-    }
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["mnist-cnn", "cifar-cnn"])
-    parser.add_argument("--n", type=int, default=1000)
+    parser = harness.parser(
+        __doc__, models=["mnist-cnn", "cifar-cnn"], n=1000, out="results/baselines"
+    )
     parser.add_argument(
         "--attacks",
         nargs="+",
@@ -82,28 +60,22 @@ def main() -> None:
     )
     parser.add_argument("--cw-steps", type=int, default=1000)
     parser.add_argument("--cw-search", type=int, default=9)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="results/baselines")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    done = Results(out / "results.jsonl", key=_key)
+    done = harness.setup(args, key=_key)
     print(
         f"{'model':<12} {'attack':<14} {'n':>5} {'success':>8} {'norm':>5} {'median':>8} "
         f"{'mean':>8} {'s/img':>8} {'grads/img':>10}"
     )
     for model_name in args.models:
-        model = load(model_name, args.data_dir, train_if_missing=False)  # never train here
-        images, labels = load_dataset(get_spec(model_name).dataset, "test", args.data_dir)
-        x, y, _ = first_correct(model, images[:1000], labels[:1000], args.n)
+        model, x, y = harness.evaluation_images(model_name, args.n, args.data_dir)
         for label, (name, norm, hyper) in _attacks(args).items():
             row = {"model": model_name, "attack": label, "n": x.shape[0], "hyperparameters": hyper}
             if _key(row) in done:
                 continue
-            row = done.record(row | _measure(model, x, y, name, norm, hyper, args.batch_size))
+            figures = harness.measure(
+                model, x, y, name, norm=norm, hyperparameters=hyper, batch=args.batch_size
+            )
+            row = done.record(row | figures)
             print(
                 f"{model_name:<12} {label:<14} {row['n']:>5} {row['success']:>8.3f} "
                 f"{row['norm']:>5} {row['median']:>8.4f} {row['mean']:>8.4f} "

@@ -15,18 +15,22 @@ the rows already there (resume).
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
+import _harness as harness
 import torch
-from _results import Results
 
-from advx.attacks import ANU_DEFAULTS, ANU_TARGETED_DEFAULTS, DDN_DEFAULTS, anu, ddn, lp_norm
-from advx.data import first_correct, load_dataset
-from advx.models import get_spec, load
+from advx.attacks import (
+    ANU_DEFAULTS,
+    ANU_TARGETED_DEFAULTS,
+    DDN_DEFAULTS,
+    all_targets,
+    anu,
+    ddn,
+    lp_norm,
+)
+from advx.models import get_spec
 
 
 def _dataset(model_name: str) -> str:
@@ -40,31 +44,35 @@ def _settings(method: str, dataset: str, targeted: bool) -> dict:
     return dict(table[dataset])
 
 
-def _run(model, x, y, method: str, steps: int, targeted: bool, dataset: str, batch: int):
-    attack = ddn if method == "ddn" else anu
-    kwargs = _settings(method, dataset, targeted) | {"steps": steps, "targeted": targeted}
-    advs, start = [], time.perf_counter()
-    for i in range(0, x.shape[0], batch):
-        advs.append(attack(model, x[i : i + batch], y[i : i + batch], **kwargs))
-    seconds = time.perf_counter() - start
-    adv = torch.cat(advs)
-    with torch.no_grad():
-        pred = torch.cat([model(adv[i : i + 500]).argmax(1) for i in range(0, len(adv), 500)])
-    success = pred == y if targeted else pred != y
-    norms = lp_norm(adv - x, 2)[success].tolist()
+def _run(model, x, y, targets, method: str, steps: int, dataset: str, batch: int):
+    """One DDN or ANU run through the runner; ``targets`` None for the untargeted mode."""
+    targeted = targets is not None
+    kwargs = _settings(method, dataset, targeted) | {"steps": steps}
+    figures = harness.measure(
+        model,
+        x,
+        y,
+        method,
+        norm=2,
+        hyperparameters=kwargs,
+        batch=batch,
+        targeted=targeted,
+        targets=targets,
+    )
     return {
-        "success": success.float().mean().item(),
-        "mean_l2": statistics.fmean(norms) if norms else float("nan"),
-        "median_l2": statistics.median(norms) if norms else float("nan"),
-        "seconds_per_image": seconds / x.shape[0],
+        "success": figures["success"],
+        "mean_l2": figures["mean"],
+        "median_l2": figures["median"],
+        "seconds_per_image": figures["seconds_per_image"],
+        "gradients_per_image": figures["gradients_per_image"],
     }
 
 
 def _targeted_set(x, y, num_classes: int):
-    """Every (image, other class) pair: the ANU paper's targeted protocol."""
-    offsets = torch.arange(1, num_classes)
-    targets = (y[:, None] + offsets[None, :]) % num_classes
-    return x.repeat_interleave(num_classes - 1, 0), targets.reshape(-1)
+    """Every (image, other class) pair, the ANU paper's targeted protocol: the images, their
+    true labels and the target classes."""
+    index, targets = all_targets(y, num_classes)
+    return x[index], y[index], targets
 
 
 def _curve(model, x, y, method: str, steps: int, dataset: str) -> list[float]:
@@ -106,41 +114,37 @@ def _plot(curves: dict, out: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=["mnist-cnn", "cifar-cnn"])
-    parser.add_argument("--n", type=int, default=1000)
+    parser = harness.parser(
+        __doc__,
+        models=["mnist-cnn", "cifar-cnn"],
+        n=1000,
+        out="results/ddn_anu",
+        batch=250,
+        threads=2,
+    )
     parser.add_argument("--targeted-n", type=int, default=100)
     parser.add_argument("--budgets", type=int, nargs="+", default=[50, 70, 100, 200, 500, 1000])
     parser.add_argument("--curve-steps", type=int, default=200)
     parser.add_argument("--curve-n", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=250)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="results/ddn_anu")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    done, curves = harness.setup(args, key=_key), {}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    done, curves = Results(out / "results.jsonl", key=_key), {}
     print(
         f"{'model':<12} {'mode':<10} {'method':<5} {'steps':>5} {'success':>8} "
         f"{'mean L2':>8} {'median':>8} {'s/img':>8}"
     )
     for model_name in args.models:
         dataset = _dataset(model_name)
-        model = load(model_name, args.data_dir)
-        images, labels = load_dataset(dataset, "test", args.data_dir)
         wanted = max(args.n, args.targeted_n)
-        x, y, _ = first_correct(model, images[:1000], labels[:1000], wanted)
-        xt, yt = _targeted_set(x[: args.targeted_n], y[: args.targeted_n], 10)
+        model, x, y = harness.evaluation_images(model_name, wanted, args.data_dir)
+        xt, yt, tt = _targeted_set(x[: args.targeted_n], y[: args.targeted_n], 10)
         x, y = x[: args.n], y[: args.n]
-        for mode, (xs, ys) in (("untargeted", (x, y)), ("targeted", (xt, yt))):
+        for mode, (xs, ys, ts) in (("untargeted", (x, y, None)), ("targeted", (xt, yt, tt))):
             for steps in args.budgets:
                 for method in ("ddn", "anu"):
                     if (model_name, mode, method, steps, xs.shape[0]) in done:
                         continue
-                    row = _run(
-                        model, xs, ys, method, steps, mode == "targeted", dataset, args.batch_size
-                    )
+                    row = _run(model, xs, ys, ts, method, steps, dataset, args.batch_size)
                     row |= {
                         "model": model_name,
                         "mode": mode,

@@ -27,14 +27,6 @@ EPS = {1.0: 4.0, 2.0: 1.0, 3.0: 0.6, INF: 0.1}
 BUDGET_SLACK = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 class NoAutograd(nn.Module):
     """Wraps a model and raises when it is called with autograd enabled: black-box attacks must
     query under ``torch.no_grad()``."""

@@ -9,14 +9,6 @@ from advx.attacks._core import lp_norm
 from advx.attacks.lbfgs import classification_loss, lbfgs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_untargeted_loss_is_minus_log_one_minus_p_true():
     logits = torch.tensor([[2.0, 0.5, -1.0]])
     expected = -torch.log1p(-logits.softmax(1)[0, 0])

@@ -1,0 +1,82 @@
+"""What every benchmark script shares: the common command-line options, the choice of images
+(the first n correctly classified of the first 1,000 test images, as the papers evaluate), and
+one measured row per attack run through the evaluation runner (``run_attack``: counting model,
+fresh re-check of every example, per-batch timing), kept in the scripts' one results format
+(``_results.Results``: append-only jsonl keyed by the row's own fields, so a rerun resumes)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from _results import Results
+
+from advx.data import first_correct, load_dataset
+from advx.evaluation.runner import run_attack
+from advx.models import get_spec, load
+
+EVALUATED_TEST_IMAGES = 1000
+
+
+def parser(doc: str, *, models: list[str], n: int, out: str, batch: int = 100, threads: int = 1):
+    """An argument parser with the options every script takes: ``--models``, ``--n``,
+    ``--batch-size``, ``--threads``, ``--data-dir`` and ``--out`` (defaults given here)."""
+    p = argparse.ArgumentParser(
+        description=doc.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--models", nargs="+", default=models, help="zoo models (trained already)")
+    p.add_argument("--n", type=int, default=n, help="first N correctly classified test images")
+    p.add_argument("--batch-size", type=int, default=batch)
+    p.add_argument("--threads", type=int, default=threads, help="torch threads")
+    p.add_argument("--data-dir", default=None, help="data directory (else $ADVX_DATA)")
+    p.add_argument("--out", default=out, help="results folder (a rerun resumes from it)")
+    return p
+
+
+def setup(args: argparse.Namespace, key: Callable[[dict], object]) -> Results:
+    """Set the thread count, create the results folder and open its results file."""
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    return Results(out / "results.jsonl", key=key)
+
+
+def evaluation_images(model_name: str, n: int, data_dir: str | None = None):
+    """The model (never trained here: ``advx train NAME`` first) and its first ``n`` correctly
+    classified images among the first 1,000 test images, with their labels."""
+    model = load(model_name, data_dir, train_if_missing=False)
+    images, labels = load_dataset(get_spec(model_name).dataset, "test", data_dir)
+    x, y, _ = first_correct(
+        model, images[:EVALUATED_TEST_IMAGES], labels[:EVALUATED_TEST_IMAGES], n
+    )
+    return model, x, y
+
+
+def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, **run) -> dict:
+    """Run ``attack`` (a registry name or a function) through ``run_attack`` and return the
+    figures the tables quote: success, median and mean norm over successes, seconds, gradients
+    and forward passes per image."""
+    result = run_attack(
+        model,
+        x,
+        y,
+        attack,
+        norm=norm,
+        hyperparameters=hyperparameters or {},
+        batch_size=batch,
+        progress=False,
+        **run,
+    )
+    s = result.summary
+    return {
+        "norm": s["norm"],
+        "success": s["success_rate"],
+        "median": s["norm_stats"]["median"],
+        "mean": s["norm_stats"]["mean"],
+        "seconds_per_image": s["seconds_per_sample"],
+        "gradients_per_image": s["backwards_per_sample"],
+        "forwards_per_image": s["forwards_per_sample"],
+        "warnings": s.get("warnings", []),
+    }
