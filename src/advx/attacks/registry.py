@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from . import convex, gradient
@@ -115,7 +115,7 @@ _KURAKIN = "Kurakin, Goodfellow & Bengio, ICLR workshop 2017"
 _BALDA = "Balda, Behboodi & Mathar, IEEE TSP 2019"
 
 register(AttackInfo(name="fgm", function=gradient.fgm, kind=BOUNDED, norms=_LP, paper=_GOODFELLOW))
-register(
+_IFGM = register(
     AttackInfo(
         name="ifgm",
         function=gradient.ifgm,
@@ -125,16 +125,7 @@ register(
         quick={"steps": 3},
     )
 )
-register(
-    AttackInfo(
-        name="bim",
-        function=gradient.ifgm,
-        kind=BOUNDED,
-        norms=_LP,
-        paper=_KURAKIN,
-        quick={"steps": 3},
-    )
-)
+register(replace(_IFGM, name="bim"))
 register(
     AttackInfo(
         name="pgd",
