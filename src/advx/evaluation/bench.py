@@ -71,7 +71,17 @@ EXECUTION_KEYS = {"cpus_per_task", "gpus_per_task"}
 MODEL_KEYS = {"name", "checkpoint"}
 # Keys of an [[attacks]] table that are not hyperparameters of the attack function.
 RUN_KEYS = {"name", "norm", "targeted", "batch_size", "seed"}
-_NOT_HYPERPARAMETERS = {"model", "inputs", "labels", "targeted", "norm", "self", "callback"}
+# Not settable from a file: the runner seeds torch per batch (generator) and owns the loop.
+_NOT_HYPERPARAMETERS = {
+    "model",
+    "inputs",
+    "labels",
+    "targeted",
+    "norm",
+    "self",
+    "callback",
+    "generator",
+}
 _TOP_LEVEL = {"data", "execution", "models", "attacks"}
 _IGNORED_IN_KEY = ("targets",)  # determined by the data and the seed (see _lookup_key)
 
@@ -474,18 +484,24 @@ def lookup_key(config: Mapping) -> str:
 # ------------------------------------------------------------------------ job execution
 
 
+def job_device(job: Job) -> torch.device:
+    """CUDA when the job asks for GPUs and one is visible (Ray sets CUDA_VISIBLE_DEVICES per
+    task), else the CPU."""
+    return torch.device("cuda" if job.gpus > 0 and torch.cuda.is_available() else "cpu")
+
+
 @lru_cache(maxsize=8)
-def _load_model(name: str, checkpoint: str | None) -> nn.Module:
+def _load_model(name: str, checkpoint: str | None, device: str = "cpu") -> nn.Module:
     from ..models import get_spec, load
     from ..models.checkpoints import read_checkpoint
 
     if checkpoint is None:
-        return load(name, train_if_missing=False)
+        return load(name, train_if_missing=False).to(device)
     blob = read_checkpoint(checkpoint)
     state = blob["state_dict"] if "state_dict" in blob else blob
     model = get_spec(blob.get("architecture", name) if "state_dict" in blob else name).build()
     model.load_state_dict(state)
-    return model.float().eval()
+    return model.float().eval().to(device)
 
 
 @lru_cache(maxsize=4)
@@ -566,15 +582,14 @@ def execute_job(
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(job.cpus)))
     try:
-        model = _load_model(job.model, job.checkpoint)
-        images, labels = _first_correct(
-            (job.model, job.checkpoint), job.dataset, job.split, job.data_dir, job.n
-        )
+        model_key = (job.model, job.checkpoint, str(job_device(job)))
+        model = _load_model(*model_key)
+        images, labels = _first_correct(model_key, job.dataset, job.split, job.data_dir, job.n)
         targets = job.targets if job.targets in ("random", "next") else None
         classes = None
         if job.targets == "all":
             with torch.no_grad():
-                classes = int(model(images[:1]).shape[1])
+                classes = int(model(images[:1].to(job_device(job))).shape[1])
             index, targets = all_targets(labels, classes)
             images, labels = images[index], labels[index]
         local = _SeededStore(seed_rows) if store is None else store
@@ -649,8 +664,10 @@ class SweepResult:
 class _Driver:
     """Owns the store: finds each job's run, records results, keeps the outcomes."""
 
-    def __init__(self, store: ResultsStore, jobs: list[Job], echo: Callable[[str], None]):
-        self.store, self.jobs, self.echo = store, jobs, echo
+    def __init__(
+        self, store: ResultsStore, jobs: list[Job], echo: Callable[[str], None], verbose: bool
+    ):
+        self.store, self.jobs, self.echo, self.verbose = store, jobs, echo, verbose
         self.outcomes: list[JobOutcome | None] = [None] * len(jobs)
         self.runs = {lookup_key(run["config"]): run for run in store.runs()}
 
@@ -680,9 +697,15 @@ class _Driver:
         if output["rows"] or output["images"]:
             self.store.add_samples(run_id, output["rows"], output["images"])
         self.store.finish_run(run_id, output["summary"])
+        self.complete(i, run_id, output)
+
+    def complete(self, i: int, run_id: int, output: dict) -> None:
+        """Record a finished job."""
         self.outcomes[i] = JobOutcome(
             self.jobs[i], "complete", run_id, output["summary"], seconds=output["seconds"]
         )
+        if self.verbose:
+            self.echo(f"done {self.jobs[i].label()} ({output['seconds']:.1f} s)")
 
     def fail(self, i: int, error: str) -> None:
         """Record a failed job (its stored rows, if any, are kept)."""
@@ -701,9 +724,7 @@ def _run_local(driver: _Driver, pending: list[int], bar, progress: bool) -> None
             driver.fail(i, f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
         else:
             driver.store.finish_run(output["run_id"], output["summary"])
-            driver.outcomes[i] = JobOutcome(
-                job, "complete", output["run_id"], output["summary"], seconds=output["seconds"]
-            )
+            driver.complete(i, output["run_id"], output)
         bar.update(1)
 
 
@@ -795,7 +816,7 @@ def run_sweep(
         config = parse_config(config)
     echo = echo or tqdm.write
     with ResultsStore(db) as store:
-        driver = _Driver(store, config.jobs, echo)
+        driver = _Driver(store, config.jobs, echo, progress)
         pending = driver.pending()
         skipped = len(config.jobs) - len(pending)
         if skipped:
