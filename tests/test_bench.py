@@ -323,3 +323,11 @@ def test_ray_reports_a_failed_job(ray_cluster, tmp_path):
     result = run_sweep(config, executor="ray", db=tmp_path / "f.sqlite", progress=False)
     assert [o.status for o in result.outcomes] == ["complete", "failed", "complete"]
     assert "gamma must be a number in (0, 1)" in result.failed[0].error
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parent.parent / "benchmarks" / "configs").glob("*.toml"))
+)
+def test_shipped_configs_are_valid(path):
+    jobs = load_config(path).jobs
+    assert jobs and all(job.n >= 100 for job in jobs)
