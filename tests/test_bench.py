@@ -331,3 +331,45 @@ def test_ray_reports_a_failed_job(ray_cluster, tmp_path):
 def test_shipped_configs_are_valid(path):
     jobs = load_config(path).jobs
     assert jobs and all(job.n >= 100 for job in jobs)
+
+
+def _one_job_config(tmp_path) -> Path:
+    config = tmp_path / "one.toml"
+    config.write_text(
+        '[data]\ndataset = "mnist-demo"\nn = 2\n[[models]]\nname = "mnist-cnn"\n'
+        '[[attacks]]\nname = "fgm"\neps = 0.1\n'
+    )
+    return config
+
+
+def test_ray_retries_a_raising_task(ray_cluster, tmp_path, monkeypatch):
+    from advx.evaluation import bench
+
+    attempts = tmp_path / "attempts"
+
+    def flaky(job, seed_rows):
+        if not attempts.exists():
+            attempts.write_text("x")
+            raise RuntimeError("transient")
+        return bench.execute_job(job, None, seed_rows=seed_rows)
+
+    monkeypatch.setattr(bench, "_ray_execute", flaky)
+    result = run_sweep(_one_job_config(tmp_path), executor="ray", db=tmp_path / "r.sqlite")
+    assert [o.status for o in result.outcomes] == ["complete"]
+
+
+# Last: it kills Ray workers, whose replacements would have to import torch again.
+def test_ray_retries_a_dead_worker_once_then_reports(ray_cluster, tmp_path, monkeypatch):
+    from advx.evaluation import bench
+
+    attempts = tmp_path / "attempts"
+
+    def dying(job, seed_rows):  # defined here: Ray ships it by value to the worker
+        with open(attempts, "a") as handle:
+            handle.write("x")
+        os._exit(1)
+
+    monkeypatch.setattr(bench, "_ray_execute", dying)
+    result = run_sweep(_one_job_config(tmp_path), executor="ray", db=tmp_path / "d.sqlite")
+    assert [o.status for o in result.outcomes] == ["failed"]
+    assert attempts.read_text() == "xx"  # the first try and one retry

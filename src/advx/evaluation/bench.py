@@ -826,6 +826,8 @@ def run_sweep(
         )
         try:
             if executor == "local":
+                if max_parallel not in (None, 1):
+                    echo("--max-parallel applies to the Ray executor; local runs one job at a time")
                 _run_local(driver, pending, bar, progress)
             else:
                 _run_ray(driver, pending, bar, address, max_parallel)
