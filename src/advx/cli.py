@@ -1,4 +1,4 @@
-"""Command-line interface: ``advx train | attack | report | demo``.
+"""Command-line interface: ``advx train | attack | report | bench | demo``.
 
 Errors in the arguments print one line ``advx <command>: error: ...`` and exit with status 2.
 """
@@ -149,12 +149,28 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="table and plots of the stored runs")
     report.add_argument("--db")
     report.add_argument("--out", default="advx-report", help="directory for the PNGs")
+    report.add_argument(
+        "--json", action="store_true", help="print every run (config, status, summary) as JSON"
+    )
+    _add_bench_parser(commands)
 
     demo = commands.add_parser("demo", help="offline demo on the bundled model and images")
     demo.add_argument("--out", default="advx-demo", help="directory for the PNGs")
     demo.add_argument("--db", help="results database (default: a temporary one)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     return parser
+
+
+def _add_bench_parser(commands) -> None:
+    bench = commands.add_parser("bench", help="run a declarative, resumable sweep (TOML)")
+    bench.add_argument("config", help="sweep configuration (TOML: [data], [[models]], [[attacks]])")
+    bench.add_argument("--executor", choices=("local", "ray"), default="local")
+    bench.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else local)")
+    bench.add_argument("--max-parallel", type=_positive_int, help="most jobs in flight (Ray)")
+    bench.add_argument(
+        "--db", help="results database (default: $ADVX_RESULTS or ./advx-results.sqlite)"
+    )
+    bench.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 # ------------------------------------------------------------------------------- commands
@@ -284,9 +300,34 @@ def _command_report(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise UsageError(f"--db: no results database at {path}")
     with ResultsStore(path) as store:
+        if args.json:
+            from .evaluation.bench import runs_json
+
+            print(runs_json(store.runs()))
+            return 0
         print(runs_table(store.runs()))
         for written in write_report(store, args.out):
             print(f"wrote {written}")
+    return 0
+
+
+def _command_bench(args: argparse.Namespace) -> int:
+    from .evaluation.bench import failure_report, run_sweep, summary_table
+
+    result = run_sweep(
+        args.config,
+        executor=args.executor,
+        db=args.db,
+        address=args.address,
+        max_parallel=args.max_parallel,
+        progress=not args.quiet,
+    )
+    print(summary_table(result))
+    print(f"results in {result.db}")
+    if result.failed:
+        print(f"{len(result.failed)} of {len(result.outcomes)} jobs failed:", file=sys.stderr)
+        print(failure_report(result), file=sys.stderr)
+        return 1
     return 0
 
 
@@ -357,6 +398,7 @@ COMMANDS = {
     "train": _command_train,
     "attack": _command_attack,
     "report": _command_report,
+    "bench": _command_bench,
     "demo": _command_demo,
 }
 
