@@ -694,6 +694,7 @@ def _command_report(args: argparse.Namespace) -> int:
     from .evaluation import resolve_db_path
     from .evaluation.html import write_html
     from .evaluation.markdown import render_markdown
+    from .evaluation.provenance import command_text
     from .evaluation.report import incomplete_notes, load_runs, runs_table, write_report
 
     path = resolve_db_path(args.db)
@@ -705,7 +706,7 @@ def _command_report(args: argparse.Namespace) -> int:
     try:
         runs = load_runs(store)
         if args.markdown == "-":
-            print(render_markdown(store, title=args.title), end="")
+            print(render_markdown(store, title=args.title, command=command_text(args.argv)), end="")
             return 0
         print(runs_table(runs))
         for line in incomplete_notes(runs, path if args.db else None):
@@ -713,12 +714,13 @@ def _command_report(args: argparse.Namespace) -> int:
         if args.markdown is not None:
             target = Path(args.markdown)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(render_markdown(store, title=args.title), encoding="utf-8")
+            page = render_markdown(store, title=args.title, command=command_text(args.argv))
+            target.write_text(page, encoding="utf-8")
             print(f"wrote {target}")
         for written in write_report(store, args.out):
             print(f"wrote {written}")
         if args.html is not None:
-            print(f"wrote {write_html(store, args.html)}")
+            print(f"wrote {write_html(store, args.html, command=command_text(args.argv))}")
     except (sqlite3.DatabaseError, json.JSONDecodeError, KeyError) as error:
         raise _db_error(path, error) from error
     finally:
@@ -746,7 +748,7 @@ def demo_plan() -> list[tuple[str, str, dict]]:
     return plan
 
 
-def _run_demo(store, out: Path, quiet: bool, device, seed: int) -> list[Path]:
+def _run_demo(store, out: Path, quiet: bool, device, seed: int, command: str) -> list[Path]:
     from . import data, models
     from .evaluation import run_attack
     from .evaluation.html import write_html
@@ -773,17 +775,20 @@ def _run_demo(store, out: Path, quiet: bool, device, seed: int) -> list[Path]:
         )
         run_ids.append(result.run_id)
     print(runs_table(load_runs(store, run_ids)))
-    return [*write_report(store, out, run_ids), write_html(store, out, run_ids)]
+    return [*write_report(store, out, run_ids), write_html(store, out, run_ids, command=command)]
 
 
 def _command_demo(args: argparse.Namespace) -> int:
+    from .evaluation.provenance import command_text
+
     start = time.perf_counter()
     out = Path(args.out)
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         store = _open_store(args.db if args.db else Path(tmp) / "demo.sqlite")
         try:
-            written = _run_demo(store, out, args.quiet, device, args.seed)
+            command = command_text(args.argv)
+            written = _run_demo(store, out, args.quiet, device, args.seed, command)
         finally:
             store.close()
     for path in written:
@@ -954,6 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, db = "", None
     try:
         args = parser.parse_args(argv)
+        args.argv = argv
         command, db = args.command, getattr(args, "db", None)
         return COMMANDS[args.command](args)
     except SystemExit as exit_:  # --help, --version

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import textwrap
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,15 +92,18 @@ class GridRow:
     success: Sequence[bool] = field(default_factory=list)
 
 
-def _norm_axes(norms: Sequence[str], width: float = 5.2, height: float = 4.0):
+def _norm_axes(norms: Sequence[str], width: float = 5.2, height: float = 4.2):
     order = [n for n in NORM_ORDER if n in norms] or ["linf"]
-    fig, axes = plt.subplots(1, len(order), figsize=(width * len(order), height), squeeze=False)
+    size = (max(width * len(order), 7.5), height)
+    fig, axes = plt.subplots(1, len(order), figsize=size, squeeze=False)
     return fig, dict(zip(order, axes[0]))
 
 
 def _title(fig, title: str | None) -> None:
+    """A suptitle wrapped to the figure's width (about 11 characters per inch at 11 pt)."""
     if title:
-        fig.suptitle(title, fontsize=11)
+        width = int(fig.get_size_inches()[0] * 11)
+        fig.suptitle(textwrap.fill(title, width=max(width, 30)), fontsize=11)
 
 
 def _finish_legend(ax) -> None:
@@ -141,8 +145,12 @@ def plot_robust_accuracy(
         ax.set_title(f"{NORM_LABELS.get(norm, norm)} perturbations", fontsize=9)
         ax.set_xlabel(f"epsilon ({NORM_LABELS.get(norm, norm)} norm)")
         ax.set_ylabel("robust accuracy")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_xlim(left=0)
+        ax.set_ylim(-0.03, 1.03)
+        top = max(
+            (float(np.max(c.epsilons)) for c in curves if c.norm == norm and len(c.epsilons)),
+            default=1.0,
+        )
+        ax.set_xlim(0, top * 1.08 if top > 0 else 1.0)
         ax.grid(alpha=0.3)
         _finish_legend(ax)
     _title(fig, title)
@@ -329,7 +337,7 @@ def plot_image_grid(
         )
     _title(fig, title)
     height = fig.get_size_inches()[1]
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height) if title else None)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / height) if title else None)
     return _save(fig, path)
 
 

@@ -35,7 +35,7 @@ def machine_text() -> str:
     """'2 cores, torch 2.13.0 (1 thread), advx 0.1.0, Python 3.11.2, Linux-...'."""
     info = machine_info()
     return (
-        f"{info['cores']} cores, torch {info['torch']} ({info['torch threads']} threads), "
+        f"{info['cores']} cores, torch {info['torch']} ({info['torch threads']} thread{'s' if info['torch threads'] != '1' else ''}), "
         f"advx {info['advx']}, Python {info['python']}, {info['platform']}"
     )
 

@@ -80,8 +80,9 @@ def run_label(run: Mapping) -> str:
     return label
 
 
-def data_text(config: Mapping) -> str:
-    """The run's data in words: 'mnist test, first 100', 'npz my.npz, first 50', ..."""
+def data_text(config: Mapping, first: bool = True) -> str:
+    """The run's data in words: 'mnist test, first 100', 'npz my.npz, first 50', ... (without
+    the count when ``first`` is false)."""
     data = config.get("data") or {}
     if "source" in data:
         name = f"{data['source']} {Path(str(data.get('path', '?'))).name}"
@@ -89,7 +90,7 @@ def data_text(config: Mapping) -> str:
         name = " ".join(str(data[k]) for k in ("dataset", "split") if k in data)
     else:
         name = f"{data.get('n', '?')} inputs (fingerprint {data.get('fingerprint', '?')})"
-    if "first" in data:
+    if first and "first" in data:
         name += f", first {data['first']}"
     return name
 
@@ -238,7 +239,7 @@ def cost_text(run: Mapping) -> str:
     summary = run.get("summary") or {}
     if attack_access(run["config"]["attack"]) == "black-box":
         return f"{_number(summary.get('forwards_per_sample'))} queries"
-    return f"{_number(summary.get('backwards_per_sample'))} grads"
+    return f"{_number(summary.get('backwards_per_sample'))} gradients"
 
 
 def warnings_text(run: Mapping) -> str:
@@ -257,7 +258,7 @@ def _robust_text(summary: Mapping | None) -> str:
     items = list(robust.items())
     if len(items) > 3:
         items = items[:: max(1, len(items) // 3)][:3]
-    return " ".join(f"{eps:g}:{_percent(acc)}" for eps, acc in items)
+    return ", ".join(f"{_percent(acc)} at {eps:g}" for eps, acc in items)
 
 
 def _stat(key: str) -> Callable[[Mapping], str]:
@@ -363,7 +364,7 @@ def by_model(runs: Sequence[Mapping]) -> dict[str, list[Mapping]]:
 def figure_title(kind: str, runs: Sequence[Mapping]) -> str:
     """'<kind>: model M on <data>, n = N' (n ranges when the runs differ)."""
     models = sorted({r["config"]["model"] for r in runs})
-    datasets = sorted({data_text(r["config"]) for r in runs})
+    datasets = sorted({data_text(r["config"], first=False) for r in runs})
     counts = sorted({r["summary"]["n"] for r in runs if r.get("summary")})
     n = str(counts[0]) if len(counts) == 1 else (f"{counts[0]}-{counts[-1]}" if counts else "0")
     model = models[0] if len(models) == 1 else f"{len(models)} models"
