@@ -31,6 +31,7 @@ DEMO_MAX_MINIMAL = 2
 DEMO_SETTINGS = {"deepfool": {"steps": 20}, "ddn": {"steps": 20}, "anu": {"steps": 20}}
 DEMO_IMAGES = 100
 DEMO_STEPS = 10  # PGD steps in the demo (40 in the benchmarks), to finish well under a minute
+DEFAULT_N = 1000  # images attacked by default from a zoo model's data set
 LONG_RUN_SECONDS = 120.0  # warn before a run estimated to take longer than this
 # Hyperparameters whose product bounds the gradient (or query) passes per sample.
 _LOOP_PARAMETERS = (
@@ -210,7 +211,11 @@ def _add_attack_parser(commands) -> None:
         help="with --targeted: random other classes, label+1, or one run per target class "
         "(best/average/worst case in the report)",
     )
-    attack.add_argument("--n", type=_positive_int, default=1000, help="first N images")
+    attack.add_argument(
+        "--n",
+        type=_positive_int,
+        help=f"first N images (default: {DEFAULT_N} of a zoo data set, all of --data)",
+    )
     attack.add_argument("--batch-size", type=_positive_int, default=100)
     attack.add_argument(
         "--set",
@@ -311,6 +316,8 @@ def resolve_device(text: str):
 
 def _checkpoint_error(name: str, path: Path, error: BaseException) -> CommandError:
     reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else ""
+    if "weights_only" in str(error) or isinstance(error, pickle.UnpicklingError):
+        reason = "not a readable PyTorch file"
     detail = f"{type(error).__name__}{': ' + reason if reason else ''}"
     return CommandError(
         f"--model {name}: checkpoint {path} is corrupted, empty or not for this architecture "
@@ -600,13 +607,14 @@ def _attack_inputs(args: argparse.Namespace, device):
         images, labels = zoo_data.load_dataset(spec.dataset, args.split, args.data_dir)
         data_spec = {"dataset": spec.dataset, "split": args.split}
         split_name = f"the {spec.dataset} {args.split} split"
-    if args.n > images.shape[0]:
+    n = args.n if args.n is not None else (DEFAULT_N if args.data is None else len(images))
+    if args.n is not None and args.n > images.shape[0]:
         _warn(
             "attack",
             f"--n {args.n} is more than the {images.shape[0]} images of {split_name}; "
             f"attacking all {images.shape[0]}",
         )
-    images, labels = images[: args.n], labels[: args.n]
+    images, labels = images[:n], labels[:n]
     data_spec["first"] = int(images.shape[0])
     data_spec.update(extra)
     return model, images, labels, name, data_spec
@@ -615,8 +623,6 @@ def _attack_inputs(args: argparse.Namespace, device):
 def _target_sets(args, labels, num_classes: int):
     """The target tensors of the requested runs: one (``random``/``next``) or K - 1 (``all``)."""
     if not args.targeted:
-        if args.targets != "random":
-            raise UsageError("--targets: needs --targeted")
         return [None]
     if args.targets == "all":
         return [(labels + shift) % num_classes for shift in range(1, num_classes)]
@@ -635,11 +641,13 @@ def _command_attack(args: argparse.Namespace) -> int:
         info = attacks.get_attack(args.attack)
     except ValueError as error:
         raise UsageError(f"--attack: {error}") from None
-    check_hyperparameters(info, settings)
     try:
         resolve_norm(info, args.norm)
     except ValueError as error:
         raise UsageError(f"--norm: {error}") from None
+    check_hyperparameters(info, settings)
+    if args.targets != "random" and not args.targeted:
+        raise UsageError(f"--targets {args.targets}: needs --targeted")
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     model, images, labels, name, data_spec = _attack_inputs(args, device)
@@ -721,7 +729,7 @@ def _command_report(args: argparse.Namespace) -> int:
             print(f"wrote {written}")
         if args.html is not None:
             print(f"wrote {write_html(store, args.html, command=command_text(args.argv))}")
-    except (sqlite3.DatabaseError, json.JSONDecodeError, KeyError) as error:
+    except (sqlite3.DatabaseError, json.JSONDecodeError, KeyError, IndexError) as error:
         raise _db_error(path, error) from error
     finally:
         store.close()
