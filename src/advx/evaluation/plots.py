@@ -173,15 +173,22 @@ def _mantissa(value: float) -> float:
 
 
 def log_seconds_axis(ax, low: float | None = None, high: float | None = None) -> None:
-    """A log x-axis of seconds labelled in units (1 ms, 10 ms, 0.1 s, 1 s, ...) at powers of ten;
-    when the axis spans less than ~1.5 decades, also at 2 and 5 times them; other minor ticks
-    unlabelled, so labels never overlap."""
+    """A log x-axis of seconds labelled in units (1 ms, 10 ms, 0.1 s, 1 s, ...) at powers of ten
+    and, when it spans less than two decades, also at 2 and 5 times them; other minor ticks
+    unlabelled, so labels never overlap. With ``low``/``high`` the axis is set to that range,
+    widened about its geometric centre to at least one decade."""
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
     ax.xaxis.set_major_formatter(FuncFormatter(_seconds_text))
     ax.xaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10) * 0.1, numticks=20))
-    narrow = low is not None and high is not None and low > 0 and high / low < 30
-    if narrow:
+    if low is None or high is None or low <= 0 or high <= low:
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        return
+    if high / low < 10:
+        centre = np.sqrt(low * high)
+        low, high = centre / np.sqrt(10), centre * np.sqrt(10)
+    ax.set_xlim(low, high)
+    if high / low < 100:
         ax.xaxis.set_minor_formatter(
             FuncFormatter(lambda v, p: _seconds_text(v) if _mantissa(v) in (2.0, 5.0) else "")
         )
@@ -216,9 +223,7 @@ def plot_norm_vs_time(
     for norm, ax in axes.items():
         seconds = [p.seconds for p in points if p.norm == norm and p.seconds > 0]
         if seconds:
-            low, high = min(seconds) / 2.5, max(seconds) * 2.5
-            log_seconds_axis(ax, low, high)
-            ax.set_xlim(low, high)
+            log_seconds_axis(ax, min(seconds) / 2.5, max(seconds) * 2.5)
         else:
             log_seconds_axis(ax)
         ax.set_xlabel("seconds per sample (log scale)")
