@@ -5,6 +5,7 @@ on a model and data that are not in the zoo, whose HTML report renders in headle
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import textwrap
 
@@ -52,6 +53,14 @@ def own(tmp_path):
     return tmp_path
 
 
+def _need_chromium() -> None:
+    if find_chromium() is None:
+        reason = "no Chromium found (Debian: apt-get install chromium); the page is not rendered"
+        if os.environ.get("ADVX_REQUIRE_CHROMIUM"):
+            pytest.fail(reason + ", but ADVX_REQUIRE_CHROMIUM is set")
+        pytest.skip(reason)
+
+
 def _one_error_line(capsys) -> str:
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err
@@ -96,8 +105,7 @@ def test_acceptance_own_model_and_data_then_html_in_chromium(own, capsys):
     page = html_dir / "index.html"
     text = page.read_text()
     assert "my_net.py:make + w.pt" in text and "http://" not in text and "https://" not in text
-    if find_chromium() is None:
-        pytest.skip("no Chromium (Debian: apt-get install chromium); page written, not rendered")
+    _need_chromium()
     shot = own / "report.png"
     found = inspect_page(page, shot)
     keep = os.environ.get("ADVX_SCREENSHOT_DIR")
@@ -116,8 +124,7 @@ def test_acceptance_own_model_and_data_then_html_in_chromium(own, capsys):
 
 
 def test_browser_check_catches_a_broken_page(tmp_path):
-    if find_chromium() is None:
-        pytest.skip("no Chromium (Debian: apt-get install chromium)")
+    _need_chromium()
     page = tmp_path / "broken.html"
     page.write_text(
         "<!DOCTYPE html><html><body><table><tr><td>a</td></tr></table>"
@@ -265,3 +272,26 @@ def test_attack_json_and_targets_all_give_best_average_worst(own, capsys):
     assert case["targets"] == 9 and case["n"] == 16
     rates = [case[c]["success_rate"] for c in ("best", "average", "worst")]
     assert rates[0] >= rates[1] >= rates[2]
+
+
+def test_resume_command_of_an_own_model_run(own, capsys, monkeypatch, tmp_path):
+    argv = _attack_argv(own, "--set", "steps=3", "--batch-size", "8", "--mean", "0.5")
+    argv += ["--std", "1", "--targeted", "--targets", "next"]
+    assert main(argv) == 0
+    with ResultsStore(own / "runs.sqlite") as store:
+        (run,) = store.runs()
+        store.connection.execute("DELETE FROM samples WHERE sample_index >= 8")
+        store.connection.commit()
+        store.set_status(run["id"], "interrupted")
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # the command holds absolute paths
+    assert main(["report", "--db", str(own / "runs.sqlite"), "--out", "png"]) == 0
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if "resume with:" in x]
+    command = shlex.split(line.split("resume with: ")[1])
+    assert "--weights" in command and "--targets" in command and "--mean" in command
+    assert main(command[1:] + ["--quiet"]) == 0
+    with ResultsStore(own / "runs.sqlite") as store:
+        (resumed,) = store.runs()
+    assert resumed["id"] == run["id"] and resumed["status"] == "complete"
+    assert resumed["summary"]["n"] == 16

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import __version__, attacks
 from .attacks.registry import AttackInfo
 
-_RESERVED = {"model", "inputs", "labels", "targeted", "norm", "self", "generator"}
+_RESERVED = {"model", "inputs", "labels", "targeted", "norm", "self", "generator", "callback"}
 # Minimal-norm attacks of the demo, by preference (at most DEMO_MAX_MINIMAL of them), with
 # settings that keep the demo short; settings an attack does not take are left out.
 DEMO_MINIMAL = ("deepfool", "ddn", "anu", "fmn")
@@ -571,6 +571,25 @@ def _budget_lines(summary: dict) -> list[str]:
     return lines
 
 
+def _model_arguments(args: argparse.Namespace, mean, std) -> dict:
+    """The model's command-line arguments (absolute paths) kept in the run's data spec, so the
+    report can print the command that resumes it."""
+    from . import sources
+
+    kept: dict = {}
+    if sources.is_user_model(args.model):
+        path, sep, factory = args.model.rpartition(":")
+        if sep and path.endswith(".py"):
+            kept["model_argument"] = f"{Path(path).resolve()}:{factory}"
+        else:
+            kept["model_argument"] = str(Path(args.model).resolve())
+        if args.weights is not None:
+            kept["weights"] = str(Path(args.weights).resolve())
+    if mean is not None:
+        kept["mean"], kept["std"] = mean, std
+    return kept
+
+
 def _attack_inputs(args: argparse.Namespace, device):
     """The model, images, labels, model name and data spec of an ``attack`` command."""
     from . import sources
@@ -582,7 +601,8 @@ def _attack_inputs(args: argparse.Namespace, device):
         raise UsageError("--size: only for --data folder:PATH")
     if sources.is_user_model(args.model):
         loaded = sources.load_user_model(args.model, args.weights, mean, std)
-        model, name, extra = loaded.model, loaded.name, {"model_fingerprint": loaded.fingerprint}
+        model, name = loaded.model, loaded.name
+        extra = {"model_fingerprint": loaded.fingerprint, **_model_arguments(args, mean, std)}
     else:
         if args.weights is not None:
             raise UsageError("--weights: only for --model path/to/file.py:factory")
@@ -592,7 +612,7 @@ def _attack_inputs(args: argparse.Namespace, device):
             if mean is None or std is None:
                 raise UsageError("--mean/--std: give both, or neither")
             model = sources.Normalize(model, mean, std).eval()
-        name, extra = args.model, ({"mean": mean, "std": std} if mean is not None else {})
+        name, extra = args.model, _model_arguments(args, mean, std)
     model = model.to(device)
     if args.data is not None:
         data = sources.load_data_source(args.data, size)
@@ -654,6 +674,8 @@ def _command_attack(args: argparse.Namespace) -> int:
     with torch.no_grad():
         num_classes = int(model(images[:1].to(device)).shape[1])
     target_sets = _target_sets(args, labels, num_classes)
+    if args.targeted and args.targets != "random":
+        data_spec["targets"] = args.targets
     warn_if_long("attack", info, settings, model, images, len(images) * len(target_sets), device)
     store = _open_store(args.db)
     run_ids: list[int] = []

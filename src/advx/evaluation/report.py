@@ -182,7 +182,12 @@ def resume_command(run: Mapping) -> str | None:
     stored batches are skipped); ``None`` where the data cannot be named on the command line."""
     config = run["config"]
     data = config.get("data") or {}
-    argv = ["advx", "attack", "--model", str(config["model"])]
+    argv = ["advx", "attack", "--model", str(data.get("model_argument", config["model"]))]
+    if data.get("weights"):
+        argv += ["--weights", str(data["weights"])]
+    for key in ("mean", "std"):
+        if data.get(key):
+            argv += [f"--{key}", ",".join(f"{v:g}" for v in data[key])]
     if "source" in data:
         argv += ["--data", f"{data['source']}:{data['path']}"]
         if data.get("size"):
@@ -197,6 +202,8 @@ def resume_command(run: Mapping) -> str | None:
         argv += ["--norm", NORM_ARGUMENTS[config["norm"]]]
     if config.get("targeted"):
         argv.append("--targeted")
+        if data.get("targets"):
+            argv += ["--targets", str(data["targets"])]
     for key, value in sorted(config["hyperparameters"].items()):
         if key not in _SKIP_PARAMS:
             argv += ["--set", f"{key}={value}"]
