@@ -105,6 +105,7 @@ def test_acceptance_own_model_and_data_then_html_in_chromium(own, capsys):
     page = html_dir / "index.html"
     text = page.read_text()
     assert "my_net.py:make + w.pt" in text and "http://" not in text and "https://" not in text
+    assert "Runs made by: <code>advx attack --model" in text  # the command kept with the run
     _need_chromium()
     shot = own / "report.png"
     found = inspect_page(page, shot)

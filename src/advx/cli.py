@@ -640,6 +640,14 @@ def _attack_inputs(args: argparse.Namespace, device):
     return model, images, labels, name, data_spec
 
 
+def _record_provenance(store, result, argv) -> None:
+    """Keep the command, date and machine of a finished run with its summary (the Markdown
+    and HTML reports print them)."""
+    from .evaluation.provenance import provenance
+
+    store.finish_run(result.run_id, {**result.summary, "provenance": provenance(argv)})
+
+
 def _target_sets(args, labels, num_classes: int):
     """The target tensors of the requested runs: one (``random``/``next``) or K - 1 (``all``)."""
     if not args.targeted:
@@ -697,6 +705,7 @@ def _command_attack(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 progress=not (args.quiet or args.json),
             )
+            _record_provenance(store, result, args.argv)
             run_ids.append(result.run_id)
     except KeyboardInterrupt:
         store.close()
@@ -778,10 +787,11 @@ def demo_plan() -> list[tuple[str, str, dict]]:
     return plan
 
 
-def _run_demo(store, out: Path, quiet: bool, device, seed: int, command: str) -> list[Path]:
+def _run_demo(store, out: Path, quiet: bool, device, seed: int, argv) -> list[Path]:
     from . import data, models
     from .evaluation import run_attack
     from .evaluation.html import write_html
+    from .evaluation.provenance import command_text
     from .evaluation.report import load_runs, runs_table, write_report
 
     model = models.load_demo_model().to(device)
@@ -803,22 +813,21 @@ def _run_demo(store, out: Path, quiet: bool, device, seed: int, command: str) ->
             seed=seed,
             progress=not quiet,
         )
+        _record_provenance(store, result, argv)
         run_ids.append(result.run_id)
     print(runs_table(load_runs(store, run_ids)))
+    command = command_text(argv)
     return [*write_report(store, out, run_ids), write_html(store, out, run_ids, command=command)]
 
 
 def _command_demo(args: argparse.Namespace) -> int:
-    from .evaluation.provenance import command_text
-
     start = time.perf_counter()
     out = Path(args.out)
     device = resolve_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         store = _open_store(args.db if args.db else Path(tmp) / "demo.sqlite")
         try:
-            command = command_text(args.argv)
-            written = _run_demo(store, out, args.quiet, device, args.seed, command)
+            written = _run_demo(store, out, args.quiet, device, args.seed, args.argv)
         finally:
             store.close()
     for path in written:

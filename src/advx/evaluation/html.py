@@ -21,6 +21,7 @@ from .report import (
     grid_for_run,
     incomplete_notes,
     load_runs,
+    provenance_of,
     robust_accuracy_curves,
     run_label,
     table_rows,
@@ -116,7 +117,8 @@ def render_html(
         "title": "advx report",
         "db": db,
         "date": utc_now(),
-        "machine": machine_text(),
+        "machine": "; ".join(provenance_of(runs)[1]) or f"{machine_text()} (of this report)",
+        "made_by": provenance_of(runs)[0],
         "command": command or command_text(),
         "headers": headers,
         "rows": [

@@ -31,13 +31,21 @@ def machine_info() -> dict[str, str]:
     }
 
 
-def machine_text() -> str:
-    """'2 cores, torch 2.13.0 (1 thread), advx 0.1.0, Python 3.11.2, Linux-...'."""
-    info = machine_info()
+def machine_text(info: dict | None = None) -> str:
+    """'2 cores, torch 2.13.0 (1 thread), advx 0.1.0, Python 3.11.2, Linux-...' for ``info``
+    (default: this machine, now)."""
+    info = machine_info() if info is None else info
+    threads = info.get("torch threads", "?")
+    plural = "" if threads == "1" else "s"
     return (
-        f"{info['cores']} cores, torch {info['torch']} ({info['torch threads']} thread{'s' if info['torch threads'] != '1' else ''}), "
-        f"advx {info['advx']}, Python {info['python']}, {info['platform']}"
+        f"{info.get('cores', '?')} cores, torch {info.get('torch', '?')} ({threads} thread{plural}), "
+        f"advx {info.get('advx', '?')}, Python {info.get('python', '?')}, {info.get('platform', '?')}"
     )
+
+
+def provenance(argv: Sequence[str] | None = None) -> dict:
+    """What a run records about how it was made: the command, the date and the machine."""
+    return {"command": command_text(argv), "date": utc_now(), "machine": machine_info()}
 
 
 def command_text(argv: Sequence[str] | None = None) -> str:

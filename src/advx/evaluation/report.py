@@ -245,8 +245,29 @@ def cost_text(run: Mapping) -> str:
     """Gradients per sample for white-box attacks, queries (forward passes) for black-box."""
     summary = run.get("summary") or {}
     if attack_access(run["config"]["attack"]) == "black-box":
-        return f"{_number(summary.get('forwards_per_sample'))} queries"
-    return f"{_number(summary.get('backwards_per_sample'))} gradients"
+        value, unit = summary.get("forwards_per_sample"), "quer"
+        return f"{_number(value)} {unit}{'y' if value == 1 else 'ies'}"
+    value = summary.get("backwards_per_sample")
+    return f"{_number(value)} gradient{'' if value == 1 else 's'}"
+
+
+def provenance_of(runs: Sequence[Mapping]) -> tuple[list[str], list[str]]:
+    """The distinct commands (with their dates) and machines recorded with the runs by the
+    CLI (runs made through the Python API record none)."""
+    from .provenance import machine_text
+
+    commands, machines = [], []
+    for run in runs:
+        found = (run.get("summary") or {}).get("provenance")
+        if not found:
+            continue
+        command = f"{found.get('command', '?')}  ({found.get('date', '?')})"
+        machine = machine_text(found.get("machine") or {})
+        if command not in commands:
+            commands.append(command)
+        if machine not in machines:
+            machines.append(machine)
+    return commands, machines
 
 
 def warnings_text(run: Mapping) -> str:
