@@ -198,3 +198,22 @@ def test_long_run_warning(capsys):
     fgm = attacks.get_attack("fgm")
     warn_if_long("attack", fgm, {"eps": 0.1}, model, images, 100, torch.device("cpu"))
     assert capsys.readouterr().err == ""
+
+
+def test_paper_figures_side_by_side(store, tmp_path, capsys):
+    references = [
+        {"match": {"attack": "pgd", "eps": 0.2}, "value": "12.5%", "source": "paper, Table 1"},
+        {"match": {"attack": "pgd", "eps": 0.9}, "value": "0%", "source": "paper, Table 2"},
+    ]
+    (tmp_path / "refs.json").write_text(json.dumps(references))
+    store.close()
+    argv = ["report", "--db", str(store.path), "--markdown", "--reference"]
+    assert main([*argv, str(tmp_path / "refs.json")]) == 0
+    out = capsys.readouterr().out
+    section = out.split("## Side by side with the paper")[1]
+    (ours,) = [line for line in section.splitlines() if "Table 1" in line]
+    assert ours.startswith("| 2 | pgd Linf eps=0.2 | robust acc @eps |") and "| 12.5% |" in ours
+    assert "not run" in [line for line in section.splitlines() if "Table 2" in line][0]
+    (tmp_path / "bad.json").write_text("{")
+    assert main([*argv, str(tmp_path / "bad.json")]) == 2
+    assert "--reference" in capsys.readouterr().err

@@ -250,6 +250,12 @@ def _add_report_parser(commands) -> None:
         help="write the runs as Markdown to FILE (stdout without FILE)",
     )
     report.add_argument("--title", default="advx results", help="heading of the Markdown page")
+    report.add_argument(
+        "--reference",
+        metavar="JSON",
+        help='the paper\'s figures beside ours in the Markdown: a list of {"match": {"attack": '
+        '"pgd", "eps": 0.3}, "column": "robust acc @eps", "value": "89.3%%", "source": "..."}',
+    )
 
 
 def _add_demo_parser(commands) -> None:
@@ -729,6 +735,21 @@ def _command_attack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_references(path) -> list:
+    """The ``--reference`` JSON file: a list of the paper's figures."""
+    if path is None:
+        return []
+    try:
+        found = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise UsageError(f"--reference: cannot read {path} ({error.strerror or error})") from None
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--reference: {path} is not valid JSON ({error})") from None
+    if not isinstance(found, list) or not all(isinstance(r, dict) for r in found):
+        raise UsageError(f"--reference: {path} must hold a JSON list of objects")
+    return found
+
+
 def _command_report(args: argparse.Namespace) -> int:
     from .evaluation import resolve_db_path
     from .evaluation.html import write_html
@@ -744,8 +765,12 @@ def _command_report(args: argparse.Namespace) -> int:
     store = _open_store(path)
     try:
         runs = load_runs(store)
+        references = _read_references(args.reference)
         if args.markdown == "-":
-            print(render_markdown(store, title=args.title, command=command_text(args.argv)), end="")
+            page = render_markdown(
+                store, title=args.title, command=command_text(args.argv), references=references
+            )
+            print(page, end="")
             return 0
         print(runs_table(runs))
         for line in incomplete_notes(runs, path if args.db else None):
@@ -753,7 +778,9 @@ def _command_report(args: argparse.Namespace) -> int:
         if args.markdown is not None:
             target = Path(args.markdown)
             target.parent.mkdir(parents=True, exist_ok=True)
-            page = render_markdown(store, title=args.title, command=command_text(args.argv))
+            page = render_markdown(
+                store, title=args.title, command=command_text(args.argv), references=references
+            )
             target.write_text(page, encoding="utf-8")
             print(f"wrote {target}")
         for written in write_report(store, args.out):

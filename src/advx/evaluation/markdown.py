@@ -4,7 +4,7 @@ command that made them, the date, the machine, and the runs table."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .provenance import command_text, machine_text, utc_now
 from .report import (
@@ -12,6 +12,7 @@ from .report import (
     incomplete_notes,
     load_runs,
     provenance_of,
+    run_label,
     table_rows,
     targeted_cases,
 )
@@ -36,12 +37,53 @@ def _case(value: float, percent: bool) -> str:
     return f"{100 * value:.1f}%" if percent else f"{value:.4g}"
 
 
+def _matches(run: Mapping, match: Mapping) -> bool:
+    config = run["config"]
+    for key, wanted in match.items():
+        found = config.get(key, config["hyperparameters"].get(key))
+        if isinstance(wanted, (int, float)) and isinstance(found, (int, float)):
+            if not math.isclose(float(wanted), float(found), rel_tol=1e-9):
+                return False
+        elif found != wanted:
+            return False
+    return True
+
+
+def reference_rows(runs: Sequence[Mapping], references: Sequence[Mapping]) -> list[list[str]]:
+    """The paper's figures next to ours: for each reference ``{"match": {...}, "column": ...,
+    "value": ..., "source": ...}`` and each run whose configuration (model, attack, norm,
+    targeted or a hyperparameter such as eps) matches, a row ``[run id, run, column, ours,
+    paper, source]``; a reference matching no run gives a row with ours = 'not run'.
+
+    Args:
+        runs: the runs (from :func:`advx.evaluation.report.load_runs`).
+        references: the paper's figures (e.g. read from a JSON file).
+    """
+    columns = dict(WIDE_COLUMNS)
+    rows = []
+    for reference in references:
+        column = reference.get("column", "robust acc @eps")
+        if column not in columns:
+            raise ValueError(f"reference column must be one of {sorted(columns)}, got {column!r}")
+        matched = [r for r in runs if _matches(r, reference.get("match", {}))]
+        paper, source = str(reference.get("value", "?")), str(reference.get("source", ""))
+        for run in matched:
+            rows.append(
+                [str(run["id"]), run_label(run), column, columns[column](run), paper, source]
+            )
+        if not matched:
+            wanted = " ".join(f"{k}={v}" for k, v in reference.get("match", {}).items())
+            rows.append(["-", wanted, column, "not run", paper, source])
+    return rows
+
+
 def render_markdown(
     store: ResultsStore,
     run_ids: Sequence[int] | None = None,
     *,
     title: str = "advx results",
     command: str | None = None,
+    references: Sequence[Mapping] = (),
 ) -> str:
     """The runs of ``store`` (or those in ``run_ids``) as a Markdown page: title, the command
     that made it, the date, the machine (cores, torch version), the runs table, incomplete runs
@@ -52,6 +94,7 @@ def render_markdown(
         run_ids: the runs to include (default: all).
         title: the page's heading.
         command: the command line to record (default: this process's).
+        references: the paper's figures to set beside ours (see :func:`reference_rows`).
     """
     runs = load_runs(store, run_ids)
     made, machines = provenance_of(runs)
@@ -69,6 +112,10 @@ def render_markdown(
     ]
     lines += ["", "## Runs", ""]
     lines.append(markdown_table(*table_rows(runs, WIDE_COLUMNS)) if runs else "No runs stored.")
+    if references:
+        headers = ["run", "attack", "column", "advx", "paper", "source"]
+        lines += ["", "## Side by side with the paper", ""]
+        lines.append(markdown_table(headers, reference_rows(runs, references)))
     notes = incomplete_notes(runs)
     if notes:
         lines += ["", "## Incomplete runs", ""] + [f"- `{note}`" for note in notes]

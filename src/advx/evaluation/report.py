@@ -253,13 +253,17 @@ def cost_text(run: Mapping) -> str:
 
 def provenance_of(runs: Sequence[Mapping]) -> tuple[list[str], list[str]]:
     """The distinct commands (with their dates) and machines recorded with the runs by the
-    CLI (runs made through the Python API record none)."""
+    CLI; for a run without them, the ``advx attack`` command rebuilt from its configuration
+    (runs on tensors given through the Python API have neither)."""
     from .provenance import machine_text
 
     commands, machines = [], []
     for run in runs:
         found = (run.get("summary") or {}).get("provenance")
         if not found:
+            rebuilt = resume_command(run)
+            if rebuilt is not None and f"{rebuilt}  (rebuilt from the run)" not in commands:
+                commands.append(f"{rebuilt}  (rebuilt from the run)")
             continue
         command = f"{found.get('command', '?')}  ({found.get('date', '?')})"
         machine = machine_text(found.get("machine") or {})
