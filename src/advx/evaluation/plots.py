@@ -47,6 +47,7 @@ ATTACK_COLOURS = {
     "ead": "#98df8a",
 }
 _FALLBACK = plt.get_cmap("tab20").colors
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def attack_colour(attack: str) -> str | tuple:
@@ -200,7 +201,8 @@ def plot_norm_vs_time(
     points: Sequence[CostPoint], path: str | os.PathLike | None = None, title: str | None = None
 ):
     """Mean norm of the successful examples against seconds per sample, one point per run, one
-    colour per attack, one panel per norm; log time axis labelled at powers of ten.
+    colour per attack (its runs told apart by marker), one panel per norm; log time axis
+    labelled at powers of ten.
 
     Args:
         points: the runs (see :class:`CostPoint`).
@@ -208,13 +210,18 @@ def plot_norm_vs_time(
         title: the figure title (model, data, n).
     """
     fig, axes = _norm_axes({p.norm for p in points})
+    seen: dict[tuple[str, str], int] = {}
     for point in points:
         ax = axes[point.norm]
+        attack = point.attack or point.label.split()[0]
+        # one colour per attack; runs of one attack in one panel differ by marker
+        k = seen[(point.norm, attack)] = seen.get((point.norm, attack), -1) + 1
         ax.scatter(
             [point.seconds],
             [point.mean_norm],
+            marker=MARKERS[k % len(MARKERS)],
             s=45,
-            color=attack_colour(point.attack or point.label.split()[0]),
+            color=attack_colour(attack),
             label=point.label,
             edgecolors="black",
             linewidths=0.4,

@@ -267,7 +267,7 @@ def provenance_of(runs: Sequence[Mapping]) -> tuple[list[str], list[str]]:
             continue
         command = f"{found.get('command', '?')}  ({found.get('date', '?')})"
         machine = machine_text(found.get("machine") or {})
-        if command not in commands:
+        if not any(c.split("  (")[0] == command.split("  (")[0] for c in commands):
             commands.append(command)
         if machine not in machines:
             machines.append(machine)
