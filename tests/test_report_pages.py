@@ -106,7 +106,9 @@ def test_one_colour_per_attack_in_every_figure():
     assert colours["pgd"] == matplotlib.colors.to_rgba(ATTACK_COLOURS["pgd"])
 
 
-@pytest.mark.parametrize(("low", "high"), [(0.002, 0.07), (1e-4, 30.0), (0.01, 0.012)])
+@pytest.mark.parametrize(
+    ("low", "high"), [(0.002, 0.07), (1e-4, 30.0), (0.01, 0.012), (0.084, 0.78), (0.07, 1.8)]
+)
 def test_log_time_labels_do_not_overlap(low, high):
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.scatter([low * 2.5, high / 2.5], [1, 2])

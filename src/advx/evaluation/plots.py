@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 NORM_LABELS = {"l0": "L0", "l1": "L1", "l2": "L2", "linf": "L∞"}
 NORM_ORDER = ("l0", "l1", "l2", "linf")
@@ -173,22 +173,33 @@ def _mantissa(value: float) -> float:
     return round(value / 10 ** np.floor(np.log10(value)), 6) if value > 0 else 0.0
 
 
+def _log_ticks(low: float, high: float, mantissas: Sequence[int]) -> list[float]:
+    """m x 10^k for the given mantissas m, within [low, high]."""
+    ticks = []
+    for k in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1):
+        ticks += [m * 10.0**k for m in mantissas if low <= m * 10.0**k <= high]
+    return ticks
+
+
 def log_seconds_axis(ax, low: float | None = None, high: float | None = None) -> None:
     """A log x-axis of seconds labelled in units (1 ms, 10 ms, 0.1 s, 1 s, ...) at powers of ten
     and, when it spans less than two decades, also at 2 and 5 times them; other minor ticks
     unlabelled, so labels never overlap. With ``low``/``high`` the axis is set to that range,
     widened about its geometric centre to at least one decade."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
     ax.xaxis.set_major_formatter(FuncFormatter(_seconds_text))
-    ax.xaxis.set_minor_locator(LogLocator(base=10, subs=np.arange(2, 10) * 0.1, numticks=20))
     if low is None or high is None or low <= 0 or high <= low:
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=8))
         ax.xaxis.set_minor_formatter(NullFormatter())
         return
     if high / low < 10:
         centre = np.sqrt(low * high)
         low, high = centre / np.sqrt(10), centre * np.sqrt(10)
     ax.set_xlim(low, high)
+    decades = _log_ticks(low, high, [1])
+    step = max(1, int(np.ceil(len(decades) / 8)))  # at most about 8 labelled decades
+    ax.xaxis.set_major_locator(FixedLocator(decades[::step]))
+    ax.xaxis.set_minor_locator(FixedLocator(_log_ticks(low, high, range(2, 10))))
     if high / low < 100:
         ax.xaxis.set_minor_formatter(
             FuncFormatter(lambda v, p: _seconds_text(v) if _mantissa(v) in (2.0, 5.0) else "")
