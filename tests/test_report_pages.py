@@ -219,3 +219,9 @@ def test_paper_figures_side_by_side(store, tmp_path, capsys):
     (tmp_path / "bad.json").write_text("{")
     assert main([*argv, str(tmp_path / "bad.json")]) == 2
     assert "--reference" in capsys.readouterr().err
+
+
+def test_long_run_probe_leaves_no_parameter_gradients():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    warn_if_long("attack", attacks.get_attack("ddn"), {}, model, torch.rand(4, 1, 4, 4), 4, "cpu")
+    assert all(p.grad is None for p in model.parameters())
