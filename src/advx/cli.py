@@ -180,6 +180,8 @@ def _add_train_parser(commands) -> None:
 
 
 def _add_attack_parser(commands) -> None:
+    from .models import MODELS
+
     attack = commands.add_parser(
         "attack",
         help="evaluate an attack on a zoo model or your own model and data",
@@ -189,8 +191,8 @@ def _add_attack_parser(commands) -> None:
     attack.add_argument(
         "--model",
         required=True,
-        help="zoo model name (see `advx models`), path/to/file.py:factory (a function returning "
-        "an nn.Module) or a TorchScript file.pt",
+        help=f"zoo model ({', '.join(sorted(MODELS))}; details: `advx models`), "
+        "path/to/file.py:factory (a function returning an nn.Module) or a TorchScript file.pt",
     )
     attack.add_argument("--weights", help="state dict (.pt) for a file.py:factory model")
     attack.add_argument("--mean", help="per-channel input mean applied inside the model, e.g. 0.5")
@@ -201,7 +203,11 @@ def _add_attack_parser(commands) -> None:
         "folder:PATH (ImageFolder); default: the zoo model's dataset",
     )
     attack.add_argument("--size", help="resize folder: images to N or HxW")
-    attack.add_argument("--attack", required=True, help="attack name (see `advx attacks`)")
+    attack.add_argument(
+        "--attack",
+        required=True,
+        help=f"attack name: {', '.join(sorted(attacks.ATTACKS))} (details: `advx attacks`)",
+    )
     attack.add_argument("--norm", help="perturbation norm: 1, 2, inf (or any p >= 1 where taken)")
     attack.add_argument("--targeted", action="store_true", help="targeted attack")
     attack.add_argument(
