@@ -90,7 +90,8 @@ def _attack_argv(own, *extra):
     ]
 
 
-def test_acceptance_own_model_and_data_then_html_in_chromium(own, capsys):
+def test_acceptance_own_model_and_data_then_html_in_chromium(own, capsys, monkeypatch):
+    monkeypatch.chdir(own)
     assert main(_attack_argv(own)) == 0
     out = capsys.readouterr().out
     assert "my_net.py:make + w.pt" in out and "robust accuracy at eps=0.3" in out
@@ -102,6 +103,7 @@ def test_acceptance_own_model_and_data_then_html_in_chromium(own, capsys):
     assert summary["max_norm"] <= 0.3 + 1e-6
     html_dir = own / "out"
     assert main(["report", "--db", str(own / "runs.sqlite"), "--html", str(html_dir)]) == 0
+    assert not (own / "advx-report").exists()  # --html alone writes only the page
     page = html_dir / "index.html"
     text = page.read_text()
     assert "my_net.py:make + w.pt" in text and "http://" not in text and "https://" not in text

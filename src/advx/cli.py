@@ -246,7 +246,11 @@ def _add_report_parser(commands) -> None:
     report.add_argument(
         "--db", help="results database (default: $ADVX_RESULTS or ./advx-results.sqlite)"
     )
-    report.add_argument("--out", default="advx-report", help="directory for the PNGs")
+    report.add_argument(
+        "--out",
+        help="directory for the PNGs (default: advx-report, when neither --html nor --markdown "
+        "is given)",
+    )
     report.add_argument("--html", metavar="DIR", help="write a self-contained page DIR/index.html")
     report.add_argument(
         "--markdown",
@@ -789,8 +793,12 @@ def _command_report(args: argparse.Namespace) -> int:
             )
             target.write_text(page, encoding="utf-8")
             print(f"wrote {target}")
-        for written in write_report(store, args.out):
-            print(f"wrote {written}")
+        out = args.out
+        if out is None and args.html is None and args.markdown is None:
+            out = "advx-report"
+        if out is not None:
+            for written in write_report(store, out):
+                print(f"wrote {written}")
         if args.html is not None:
             print(f"wrote {write_html(store, args.html, command=command_text(args.argv))}")
     except (sqlite3.DatabaseError, json.JSONDecodeError, KeyError, IndexError) as error:
