@@ -90,6 +90,7 @@ def test_demo_writes_png(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--quiet"]) == 0
     assert (tmp_path / "robust_accuracy.png").stat().st_size > 1000
     assert (tmp_path / "adversarial_grid.png").is_file()
+    assert "<table" in (tmp_path / "index.html").read_text()
     assert "pgd" in capsys.readouterr().out
 
 

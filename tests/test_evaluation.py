@@ -260,7 +260,7 @@ def test_store_round_trip_and_report(tmp_path):
         assert runs[0]["summary"]["robust_accuracy"].keys() == {0.02}
         assert len(store.images(runs[0]["id"])) == 8
         table = runs_table(runs)
-        assert "pgd" in table and "fgm (t)" in table
+        assert "pgd" in table and "fgm (targeted)" in table
         written = write_report(store, tmp_path / "out")
     assert {p.name for p in written} == {
         "robust_accuracy.png",
