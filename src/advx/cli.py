@@ -755,6 +755,8 @@ def _command_attack(args: argparse.Namespace) -> int:
             for run in runs:
                 for line in _budget_lines(run["summary"]):
                     print(line)
+                for warning in (run["summary"] or {}).get("warnings", []):
+                    _warn("attack", warning)
             for run_id in run_ids:
                 print(f"stored as run {run_id} in {store.path}")
     finally:
