@@ -31,7 +31,7 @@ from .krylov import _hvp, gltr, steihaug_cg
 
 # Relative defaults (fractions of the first linearised distance d0 of each sample), used where
 # radius / radius_min / radius_max are None; see ``trust_region``.
-_RADIUS_FRACTION = 0.25
+_RADIUS_FRACTION = 0.03
 _RADIUS_MIN_FRACTION = 0.01
 _RADIUS_MAX_FRACTION = 1.0
 _FALLBACK_RADIUS = 1e-2  # where d0 is undefined (zero gradient)
@@ -52,11 +52,15 @@ class TrustRegionSettings:
         adaptive: follow Algorithm 1's radius rule; False keeps the radius fixed.
         radius, radius_min, radius_max: absolute radii, or None for the fractions of d0.
         sigma1, sigma2, eta: Algorithm 1's thresholds and growth factor.
+        two_sided: rho >> 1 also counts as a poor approximation (``update_radius``).
         overshoot: extension of a boundary-reaching step (``_overshoot``).
         steps: the most iterations per sample.
         cg_steps: Krylov vectors (CG iterations) per second-order step.
         solver: 'lanczos' or 'steihaug'.
         stop_at_boundary: stop each step at the model's zero (False: Algorithm 1 as printed).
+        refresh: in 'best' mode, the candidates' gradients are evaluated every ``refresh``
+            iterations; in between the class is re-chosen with the last gradient norms.
+        final_search: bisection steps on the step that first reached an adversarial iterate.
     """
 
     mode: str
@@ -68,14 +72,17 @@ class TrustRegionSettings:
     radius: EpsLike | None = None
     radius_min: EpsLike | None = None
     radius_max: EpsLike | None = None
-    sigma1: float = 0.9
-    sigma2: float = 0.5
+    sigma1: float = 0.99
+    sigma2: float = 0.97
     eta: float = 1.2
+    two_sided: bool = True
     overshoot: float = 0.02
     steps: int = 100
     cg_steps: int = 5
     solver: str = "lanczos"
     stop_at_boundary: bool = True
+    refresh: int = 3
+    final_search: int = 10
 
 
 def update_radius(
@@ -87,6 +94,7 @@ def update_radius(
     eta: float = 1.2,
     radius_min: float | Tensor = 0.0,
     radius_max: float | Tensor = INF,
+    two_sided: bool = False,
 ) -> Tensor:
     """The radius update of Algorithm 1 (Yao et al. 2019, Sec. 3), per sample, as a pure function.
 
@@ -94,6 +102,10 @@ def update_radius(
     rho < sigma2 (poor model): radius <- max(radius / eta, radius_min); otherwise unchanged.
     Algorithm 1 prints min{eps/eta, eps_min} for the shrink, a typo for max (the text says the
     radius is bounded below by eps_min). A NaN rho (no predicted change) keeps the radius.
+    ``two_sided``: the text's reading of the test, "the approximation of the function is
+    accurate", applied to both sides of 1: rho is replaced by min(rho, 1/rho), so a margin that
+    fell much faster than its model predicted (rho >> 1, the boundary nearer than the model
+    says) also counts as a poor approximation and shrinks the radius.
 
     Args:
         radius: (N,) current radii (not modified).
@@ -103,10 +115,13 @@ def update_radius(
         eta: growth / shrink factor (> 1).
         radius_min: lower bound, a number or (N,).
         radius_max: upper bound, a number or (N,).
+        two_sided: fold rho to min(rho, 1/rho) first (False: Algorithm 1 as printed).
 
     Returns:
         (N,) the new radii, a new tensor.
     """
+    if two_sided:
+        rho = torch.where(rho > 1, 1 / rho, rho)
     grow = torch.minimum(radius * eta, torch.as_tensor(radius_max, dtype=radius.dtype))
     shrink = torch.maximum(radius / eta, torch.as_tensor(radius_min, dtype=radius.dtype))
     return torch.where(rho > sigma1, grow, torch.where(rho < sigma2, shrink, radius))
@@ -156,25 +171,55 @@ def _pair_gradient(
     return logits.detach(), push_down, f.detach(), g, xg
 
 
+def _distances(f: Tensor, norms: Tensor, classes: Tensor) -> Tensor:
+    """Linearised distances |z_t - z_j| / ||grad(z_t - z_j)||_q of the candidates (columns 1..
+    of ``classes``), inf where the gradient is zero or a column repeats the label (fewer classes
+    than columns)."""
+    dist = torch.where(norms > 0, f.abs() / norms.clamp_min(1e-30), torch.full_like(f, INF))
+    return dist.masked_fill(classes[:, 1:] == classes[:, :1], INF)
+
+
 def _best_class(
     logits: Tensor, grads: Tensor, classes: Tensor, x: Tensor, p: float, largest: bool = False
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Among the candidates (columns 1.. of ``classes``, the label in column 0), the class with the
     smallest (``largest``: largest) linearised distance (z_t - z_j) / ||grad(z_t - z_j)||_q.
-    Returns (column, f, masked gradient) for that class."""
+    Returns (column, f, masked gradient) for that class and the (N, C - 1) gradient norms."""
     z = logits.gather(1, classes)
     f = z[:, :1] - z[:, 1:]
     w = grads[:, :1] - grads[:, 1:]
     w = _free(w, x.unsqueeze(1))
     gn = _dual_norm(w.reshape(-1, *w.shape[2:]), p).reshape(f.shape)
-    dist = torch.where(gn > 0, f.abs() / gn.clamp_min(1e-30), torch.full_like(f, INF))
-    dist = dist.masked_fill(classes[:, 1:] == classes[:, :1], INF)  # fewer classes than columns
+    dist = _distances(f, gn, classes)
     if largest:
         column = dist.masked_fill(~torch.isfinite(dist), -1.0).argmax(1)
     else:
         column = dist.argmin(1)
     rows = torch.arange(f.shape[0], device=f.device)
-    return column + 1, f[rows, column], w[rows, column]
+    return column + 1, f[rows, column], w[rows, column], gn
+
+
+def _forward_with_graph(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(x as a leaf that requires grad, the logits at x with their graph): one forward pass."""
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        return xg, model(xg)
+
+
+def _nearest_by_stale_norms(
+    xg: Tensor, logits: Tensor, keep: Tensor, classes: Tensor, norms: Tensor, x: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The 'best' class between two full evaluations of the candidates' gradients: the smallest
+    linearised distance from the current logits and the last gradient norms, then one backward
+    pass for f = z_t - z_i of that class on the rows ``keep``. Returns (column, f, masked g)."""
+    with torch.enable_grad():
+        z = logits[keep].gather(1, classes)
+        margins = z[:, :1] - z[:, 1:]
+        column = _distances(margins.detach(), norms, classes).argmin(1)
+        rows = torch.arange(z.shape[0], device=z.device)
+        f = margins[rows, column]
+        (g,) = torch.autograd.grad(f.sum(), xg)
+    return column + 1, f.detach(), _free(g[keep], x)
 
 
 def _quadratic_step(
@@ -261,7 +306,7 @@ def run_iterations(
     s = settings
     mode, p, order, steps = s.mode, s.p, s.order, s.steps
     classes = s.classes
-    rule = {"sigma1": s.sigma1, "sigma2": s.sigma2, "eta": s.eta}
+    rule = {"sigma1": s.sigma1, "sigma2": s.sigma2, "eta": s.eta, "two_sided": s.two_sided}
     n = inputs.shape[0]
     device, dtype = inputs.device, inputs.dtype
     x = inputs.clone()
@@ -275,14 +320,20 @@ def run_iterations(
     up = torch.zeros_like(labels)  # class i pushed up at the last step
     f_prev = torch.zeros_like(radius)
     predicted = torch.zeros_like(radius)
+    norms = torch.zeros(n, classes.shape[1] - 1, device=device, dtype=dtype)  # 'best' mode
+    previous = inputs.clone()  # the iterate before the last step
     for it in range(steps + 1):
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
         xi = x[idx]
         need_graph = order == 2
-        if mode == "best" or (mode == "hardest" and it == 0):
+        full = mode == "best" and it % s.refresh == 0
+        if full or (mode == "hardest" and it == 0):
             logits, grads = class_gradients(model, xi, classes[idx])
+        elif mode == "best":
+            xg, logits = _forward_with_graph(model, xi)
+            logits_graph, logits = logits, logits.detach()
         else:
             logits, t, f, g, xg = _pair_gradient(
                 model, xi, None if mode == "fixed" else labels[idx], fixed[idx], need_graph
@@ -302,9 +353,16 @@ def run_iterations(
         if it == steps or not keep.any():
             break
         idx, xi, logits = idx[keep], xi[keep], logits[keep]
-        if mode == "best" or (mode == "hardest" and it == 0):
+        if full or (mode == "hardest" and it == 0):
             grads = grads[keep]
-            column, f, g = _best_class(logits, grads, classes[idx], xi, p, mode == "hardest")
+            column, f, g, gn = _best_class(logits, grads, classes[idx], xi, p, mode == "hardest")
+            if mode == "best":
+                norms[idx] = gn
+        elif mode == "best":
+            column, f, g = _nearest_by_stale_norms(
+                xg, logits_graph, keep, classes[idx], norms[idx], xi
+            )
+        if mode == "best" or (mode == "hardest" and it == 0):
             i_cls = classes[idx].gather(1, column[:, None]).squeeze(1)
             if mode == "hardest":
                 fixed = torch.zeros_like(labels) if fixed is None else fixed
@@ -337,9 +395,44 @@ def run_iterations(
         if order == 2 and bool(curved.any()):
             hs = _hvp(g, xg, taken, torch.ones_like(taken))
             pred = pred + torch.where(curved, 0.5 * (flat(taken) * flat(hs)).sum(1), 0.0)
+        previous[idx] = xi
         x[idx] = x_new
         down[idx], up[idx], f_prev[idx], predicted[idx] = t, i_cls, f, pred
+    if s.final_search > 0:
+        _search_last_step(model, inputs, labels, previous, best_adv, best_norm, settings)
     return best_adv, best_norm, fixed
+
+
+def _search_last_step(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    previous: Tensor,
+    adv: Tensor,
+    norms: Tensor,
+    settings: TrustRegionSettings,
+) -> None:
+    """The step that first reaches an adversarial iterate x^{j+1} ends beyond the decision
+    boundary wherever the margin fell faster than its linear model predicted (rho > 1), and by
+    the overshoot; the boundary lies on the segment from x^j (not adversarial) to x^{j+1}.
+    ``settings.final_search`` bisection steps on that segment (forward passes only) take the
+    adversarial point nearest x^j, in place on ``adv`` and ``norms``; rows that never moved or
+    found nothing are left alone."""
+    rows = (torch.isfinite(norms) & (norms > 0)).nonzero().squeeze(1)
+    if rows.numel() == 0:
+        return
+    attacked = settings.targets[rows] if settings.mode == "fixed" else None
+    start, end, y = previous[rows], adv[rows], labels[rows]
+    low = torch.zeros(rows.numel(), dtype=adv.dtype, device=adv.device)
+    high = torch.ones_like(low)
+    for _ in range(settings.final_search):
+        mid = (low + high) / 2
+        with torch.no_grad():
+            hit = reaches(model(start + view_like(mid, end) * (end - start)), y, attacked)
+        high, low = torch.where(hit, mid, high), torch.where(hit, low, mid)
+    found = start + view_like(high, end) * (end - start)
+    adv[rows] = found
+    norms[rows] = lp_norm(found - inputs[rows], settings.p)
 
 
 def _overshoot(x: Tensor, step: Tensor, x0: Tensor, crosses: Tensor, overshoot: float, p: float):
