@@ -16,8 +16,8 @@ On the first ``--n`` correctly classified test images of each model (among the f
   iterate, at most ``--ifgsm-max-steps``; TR fixed, TR adaptive, and "TR adaptive + refine"
   (``refine_steps=--refine-steps``, 50: the boundary refinement that is not in the paper, see
   ``trust_region``). TR fixed keeps the attack's
-  default first radius (d0/4, d0 the first linearised distance of each sample) for the whole
-  run, or ``--fixed-radius`` (absolute).
+  default first radius (0.03 d0 since issue 13, d0/4 before; d0 the first linearised distance
+  of each sample) for the whole run, or ``--fixed-radius`` (absolute).
 * Table 2 (hardest class): the class with the largest linearised distance at the start.
   "[hardest]" rows use ``trust_region(target='hardest')``'s own choice, success = any
   misclassification (the paper's protocol); "DeepFool [hardest]" is DeepFool's step towards

@@ -153,8 +153,8 @@ def trust_region(
     normalised CIFAR-10. Small first steps that grow only while the linear model stays accurate
     follow the curved path to a nearer boundary point than a few long steps (the paper notes its
     adaptive results suffer from "relaxed sigma1 and sigma2"); hence sigma1 = 0.99,
-    sigma2 = 0.97 with the two-sided test, and refresh = 3, final_search = 10 (the measurements
-    behind these choices are in the README's benchmarks section and benchmarks/peers.py).
+    sigma2 = 0.97 with the two-sided test, and refresh = 3, final_search = 10 (measured side by
+    side with adv-lib's tr by benchmarks/peers.py: docs/results/peers.md).
     eta = 1.2, steps = 100, candidates = 9 (every other class of a 10-class problem) and
     overshoot = 0.02 as in the authors' code (the paper gives no eta).
 
