@@ -228,7 +228,7 @@ def main() -> None:
     run = {  # stored with every row: how, when and where it was measured
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
