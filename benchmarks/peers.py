@@ -1,7 +1,8 @@
 """advx against peer libraries (foolbox, torchattacks, adv-lib) on the same images, side by side:
 DeepFool L2 (50 steps, overshoot 0.02, 10 candidates), Carlini-Wagner L2 (same search x steps
-budget, c_0 = 1e-3, Adam lr 0.01, abort early) and DDN (100 steps, epsilon_0 = 1, gamma = 0.05,
-no quantisation). Prints median and mean L2 of the successful examples, success rate (re-checked
+budget, c_0 = 1e-3, Adam lr 0.01, abort early), DDN (100 steps, epsilon_0 = 1, gamma = 0.05,
+no quantisation) and the trust-region attack (L2, adaptive, first order, each library's defaults;
+only adv-lib has one). Prints median and mean L2 of the successful examples, success rate (re-checked
 here with a fresh forward pass, never taken from the library) and wall seconds per image.
 
 The peers are never advx dependencies: run this from a separate environment that has them, e.g.
@@ -21,8 +22,11 @@ The models must be trained already (``advx train NAME``); the script never train
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib
 import json
+import os
+import platform
 import statistics
 import sys
 import time
@@ -32,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from advx.attacks import carlini_wagner_l2, ddn, deepfool, lp_norm
+from advx.attacks import carlini_wagner_l2, ddn, deepfool, lp_norm, trust_region
 from advx.data import first_correct, load_dataset
 from advx.models import get_spec, load
 
@@ -143,6 +147,23 @@ def _ddn_implementations(args) -> tuple[dict[str, Attack], list[str]]:
     return impls, missing
 
 
+def _tr_implementations(args) -> tuple[dict[str, Attack], list[str]]:
+    """Trust region, L2, adaptive radius, first order, each library with its own defaults
+    (advx: 100 steps, best of 9 candidate classes re-chosen per step, radius from d0/4 within
+    [d0/100, d0]; adv-lib: 100 iterations, best of 9 classes chosen once, radius from 1e-3
+    within [5e-4, 0.05]), no refinement."""
+    impls: dict[str, Attack] = {
+        "advx": lambda m, x, y: trust_region(m, x, y, norm=2, adaptive=True)
+    }
+    missing = ["foolbox (no trust-region attack)", "torchattacks (no trust-region attack)"]
+    try:
+        tr = _import_adv_lib("trust_region").tr
+        impls["adv-lib"] = lambda m, x, y: tr(m, x, y, adaptive=True, p=2)
+    except ImportError as error:
+        missing.append(f"adv-lib ({error})")
+    return impls, missing
+
+
 def _compare(model, x, y, impls: dict[str, Attack], batch: int) -> dict[str, dict]:
     """Run every implementation batch by batch, rotating their order per batch."""
     names = list(impls)
@@ -175,7 +196,7 @@ def main() -> None:
     parser.add_argument("--model", default="mnist-cnn")
     parser.add_argument("--n", type=int, default=200, help="images for DeepFool and DDN")
     parser.add_argument("--cw-n", type=int, default=100, help="images for C&W")
-    parser.add_argument("--attacks", nargs="+", default=["deepfool", "ddn", "cw"])
+    parser.add_argument("--attacks", nargs="+", default=["deepfool", "ddn", "cw", "tr"])
     parser.add_argument(
         "--libraries",
         nargs="+",
@@ -201,8 +222,16 @@ def main() -> None:
         "deepfool": (_deepfool_implementations, args.n, f"L2, {args.df_steps} steps"),
         "ddn": (_ddn_implementations, args.n, f"{args.ddn_steps} steps"),
         "cw": (_cw_implementations, args.cw_n, f"L2, {args.cw_search}x{args.cw_steps}"),
+        "tr": (_tr_implementations, args.n, "L2, adaptive, first order, library defaults"),
     }
     print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    run = {  # stored with every row: how, when and where it was measured
+        "command": " ".join(["python", *sys.argv]),
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     for family in args.attacks:
         make, n, budget = families[family]
         n = min(n, x.shape[0])  # the correctly classified among the first 1000 test images
@@ -221,7 +250,7 @@ def main() -> None:
                     f"{row['mean_l2']:>9.4f} {row['seconds_per_image']:>8.4f}",
                     flush=True,
                 )
-                row |= {"model": args.model, "attack": family, "budget": budget, "n": n}
+                row |= {"model": args.model, "attack": family, "budget": budget, "n": n, **run}
                 f.write(json.dumps(row | {"library": name}) + "\n")
 
 

@@ -94,7 +94,8 @@ def test_without_the_stop_each_step_is_the_models_minimiser_in_the_ball(p):
     """stop_at_boundary=False (Algorithm 1 as printed): every step is -radius g/||g||_2 (L2) or
     -radius sign(g) (Linf), the minimiser of the linear model in the ball, with no stop at the
     linearised boundary and no overshoot; so the one-step perturbation has norm radius exactly,
-    while the default stops at (1 + overshoot) times the nearer boundary."""
+    while with the stop (and no final search) it ends at (1 + overshoot) times the nearer
+    boundary."""
     model, x, y = make_problem(n=8, k=2, seed=5, dtype=torch.float64)
     dist = minimal_distance(model, x, y, p)
     r = float(dist.max()) * 1.5
@@ -109,7 +110,7 @@ def test_without_the_stop_each_step_is_the_models_minimiser_in_the_ball(p):
     assert inside.sum() >= 4
     norms = lp_norm(kept[1] - x, p)[inside]
     assert torch.allclose(norms, torch.full_like(norms, r))
-    stopped = trust_region(model, x, y, norm=p, adaptive=False, radius=r, steps=1)
+    stopped = trust_region(model, x, y, norm=p, adaptive=False, radius=r, steps=1, final_search=0)
     assert torch.allclose(lp_norm(stopped - x, p), 1.02 * dist)
 
 
@@ -290,8 +291,8 @@ def test_refinement_never_grows_the_norm_and_keeps_the_class(p, target):
     x = torch.rand(8, 1, 4, 4, dtype=torch.float64)
     y = model(x).argmax(1)
     t = (y + 1) % 4 if target == "given" else target
-    plain = trust_region(model, x, y, norm=p, target=t)
-    refined = trust_region(model, x, y, norm=p, target=t, refine_steps=30)
+    plain = trust_region(model, x, y, norm=p, target=t, final_search=0)
+    refined = trust_region(model, x, y, norm=p, target=t, final_search=0, refine_steps=30)
     assert refined.min() >= 0 and refined.max() <= 1
     pred = model(refined).argmax(1)
     assert (pred == t).all() if target == "given" else (pred != y).all()
@@ -452,7 +453,9 @@ def test_lanczos_second_order_bends_the_step_where_steihaug_cannot():
         "lanczos": {"order": 2},
         "steihaug": {"order": 2, "solver": "steihaug"},
     }.items():
-        adv = trust_region(model, x, y, adaptive=False, radius=1.0, steps=1, **options)
+        adv = trust_region(
+            model, x, y, adaptive=False, radius=1.0, steps=1, final_search=0, **options
+        )
         assert model(adv).argmax(1).item() == 1
         norms[name] = lp_norm(adv - x, 2).item()
     assert norms["lanczos"] == pytest.approx(1.02 * optimum, rel=1e-6)
@@ -468,8 +471,9 @@ def test_second_order_equals_first_order_on_relu_network(target):
     model = _relu_mlp(seed=3)
     x = torch.rand(8, 1, 4, 4, dtype=torch.float64)
     y = model(x).argmax(1)
-    first = trust_region(model, x, y, target=target)
-    second = trust_region(model, x, y, target=target, order=2)
+    rule = {"sigma1": 0.9, "sigma2": 0.5, "two_sided": False}  # Algorithm 1 as printed
+    first = trust_region(model, x, y, target=target, **rule)
+    second = trust_region(model, x, y, target=target, order=2, **rule)
     if target == "best":  # (the hardest class of some points is out of the box's reach)
         assert (model(second).argmax(1) != y).all()
     assert torch.allclose(first, second, atol=1e-12)
@@ -515,8 +519,9 @@ def test_second_order_beats_first_order_at_equal_steps_on_smooth_toy(softplus):
     y = model(x).argmax(1)
     assert (y == 0).all()
     steps = 1 if not softplus else 2
-    first = trust_region(model, x, y, adaptive=False, radius=1.0, steps=steps)
-    second = trust_region(model, x, y, adaptive=False, radius=1.0, steps=steps, order=2)
+    once = {"adaptive": False, "radius": 1.0, "steps": steps, "final_search": 0}
+    first = trust_region(model, x, y, **once)
+    second = trust_region(model, x, y, order=2, **once)
     ok1, ok2 = model(first).argmax(1) != y, model(second).argmax(1) != y
     assert ok2.all() and ok1.sum() <= 4
     ratio = lp_norm(second - x, 2) / optimum
@@ -551,10 +556,11 @@ def test_callback_reports_the_state_after_each_iteration(order):
         seen[k] = (iterates.clone(), succeeded.clone())
 
     radius = 0.05
-    trust_region(model, x, y, adaptive=False, radius=radius, steps=6, order=order, callback=record)
+    fixed = {"adaptive": False, "radius": radius, "order": order, "final_search": 0}
+    trust_region(model, x, y, steps=6, callback=record, **fixed)
     assert not seen[0][1].any() and torch.equal(seen[0][0], x)
     for k in range(1, 7):
-        adv = trust_region(model, x, y, adaptive=False, radius=radius, steps=k, order=order)
+        adv = trust_region(model, x, y, steps=k, **fixed)
         fooled = model(adv).argmax(1) != y
         state = seen.get(k, seen[max(seen)])
         assert torch.equal(state[1], fooled)
@@ -620,3 +626,50 @@ def test_projection_without_a_feasible_point_moves_every_coordinate_to_its_bound
     f = torch.tensor([5.0], dtype=torch.float64)  # f + <g, u - x> >= 5 - 1 > 0 on the box
     u = _project_to_linear_boundary(base, base, f, g, 2.0)
     assert torch.equal(u, torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+
+
+def test_two_sided_ratio_shrinks_where_the_margin_fell_much_faster_than_predicted():
+    """Algorithm 1 as printed grows the radius for any rho > sigma1; the two-sided reading counts
+    rho >> 1 (a boundary nearer than the model says) as a poor approximation too."""
+    radius = torch.ones(4, dtype=torch.float64)
+    rho = torch.tensor([1.5, 1.01, 0.99, 0.5], dtype=torch.float64)
+    rule = {"sigma1": 0.98, "sigma2": 0.9, "eta": 2.0}
+    printed = update_radius(radius, rho, **rule)
+    two_sided = update_radius(radius, rho, **rule, two_sided=True)
+    assert printed.tolist() == [2.0, 2.0, 2.0, 0.5]
+    assert two_sided.tolist() == [0.5, 2.0, 2.0, 0.5]
+
+
+@pytest.mark.parametrize("p", NORMS)
+def test_final_search_ends_on_the_boundary_of_a_linear_model(p):
+    """One boundary-reaching step overshoots by 2%; the bisection on that step (10 forward
+    passes) brings it back to within 2^-10 of the step of the boundary, still adversarial."""
+    model, x, y = make_problem(n=8, k=2, seed=5, dtype=torch.float64)
+    optimum = minimal_distance(model, x, y, p)
+    one = {"norm": p, "adaptive": False, "radius": 1e3, "steps": 1}
+    overshot = lp_norm(trust_region(model, x, y, final_search=0, **one) - x, p)
+    adv = trust_region(model, x, y, **one)
+    assert (model(adv).argmax(1) != y).all()
+    norms = lp_norm(adv - x, p)
+    assert torch.allclose(overshot, 1.02 * optimum)
+    assert (norms >= optimum * (1 - 1e-9)).all() and (norms <= optimum * (1 + 2e-3)).all()
+
+
+def test_refresh_changes_nothing_where_gradients_are_constant():
+    """On a linear model the candidates' gradient norms never change, so choosing the class with
+    the last evaluated norms (refresh > 1) is exact and equals re-evaluating them every step."""
+    model, x, y = make_problem(n=12, k=10, seed=2, dtype=torch.float64)
+    every = trust_region(model, x, y, refresh=1)
+    sparse = trust_region(model, x, y, refresh=7)
+    assert torch.allclose(every, sparse, atol=1e-12)
+    assert (model(sparse).argmax(1) != y).all()
+
+
+def test_new_options_are_checked():
+    model, x, y = make_problem(n=2, k=3, seed=0)
+    with pytest.raises(ValueError, match="refresh"):
+        trust_region(model, x, y, refresh=0)
+    with pytest.raises(ValueError, match="final_search"):
+        trust_region(model, x, y, final_search=-1)
+    with pytest.raises(TypeError, match="two_sided"):
+        trust_region(model, x, y, two_sided=1)

@@ -5,9 +5,10 @@ from ._core import lp_norm, margin, parse_norm
 from .convex import bernoulli, bernoulli_noise, gn, gn_box_step, gn_iterative, gn_simple, gn_step
 from .cw import carlini_wagner_l2
 from .ddn import ANU_DEFAULTS, ANU_TARGETED_DEFAULTS, DDN_DEFAULTS, anu, ddn
-from .deepfool import class_gradients, deepfool
+from .deepfool import deepfool
 from .gradient import bim, fgm, ifgm, pgd
 from .lbfgs import lbfgs
+from .linearisation import class_gradients
 from .registry import ATTACKS, AttackInfo, get_attack
 from .regression import regression_attack
 from .targets import all_targets, select_targets

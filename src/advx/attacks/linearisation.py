@@ -140,8 +140,14 @@ def boundary_distance(values: Tensor, grads: Tensor, q: float) -> Tensor:
         q: the dual exponent (1 for Linf, 2 for L2, inf for L1).
     """
     w_norm = lp_norm(grads.reshape(-1, *grads.shape[values.dim() :]), q).reshape(values.shape)
-    distance = values.abs() / w_norm.clamp_min(1e-30)
-    return torch.where(w_norm > 0, distance, torch.full_like(distance, INF))
+    return distance_over_norm(values, w_norm)
+
+
+def distance_over_norm(values: Tensor, norms: Tensor) -> Tensor:
+    """|f| / ||grad f||_q from the dual norms already computed (:func:`boundary_distance`);
+    inf where the norm is zero."""
+    distance = values.abs() / norms.clamp_min(1e-30)
+    return torch.where(norms > 0, distance, torch.full_like(distance, INF))
 
 
 __all__ = [
@@ -150,4 +156,5 @@ __all__ = [
     "candidate_classes",
     "class_gradients",
     "column_gradients",
+    "distance_over_norm",
 ]
