@@ -6,6 +6,7 @@ from .convex import bernoulli, bernoulli_noise, gn, gn_box_step, gn_iterative, g
 from .cw import carlini_wagner_l2
 from .ddn import ANU_DEFAULTS, ANU_TARGETED_DEFAULTS, DDN_DEFAULTS, anu, ddn
 from .deepfool import class_gradients, deepfool
+from .ead import cov, ead
 from .gradient import bim, fgm, ifgm, pgd
 from .lbfgs import lbfgs
 from .registry import ATTACKS, AttackInfo, get_attack
@@ -20,6 +21,8 @@ __all__ = [
     "all_targets",
     "anu",
     "carlini_wagner_l2",
+    "cov",
+    "ead",
     "class_gradients",
     "deepfool",
     "lbfgs",
