@@ -129,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
     attack.add_argument("--attack", required=True, help="attack name (see advx.attacks.ATTACKS)")
     attack.add_argument("--norm", choices=NORM_CHOICES, help="perturbation norm")
     attack.add_argument("--targeted", action="store_true", help="random target classes")
+    attack.add_argument(
+        "--all-targets",
+        action="store_true",
+        help="targeted towards every other class; prints the best, average and worst case",
+    )
+    attack.add_argument(
+        "--minimal",
+        action="store_true",
+        help="bounded attack: smallest eps per image on the Table 4 grid (advx.attacks.minimal_eps)",
+    )
     attack.add_argument("--n", type=_positive_int, default=1000, help="first N test images")
     attack.add_argument("--batch-size", type=_positive_int, default=100)
     attack.add_argument(
@@ -232,6 +242,39 @@ def _print_run(store, run_id: int) -> None:
         print(line)
 
 
+def _minimal_info(info: AttackInfo, settings: dict) -> AttackInfo:
+    """The minimal-eps wrapper of a bounded attack for ``--minimal`` (its own hyperparameters
+    and ``refine_steps`` are accepted; ``eps`` is what it searches)."""
+    from .attacks.minimal import as_minimal_attack
+
+    if info.minimal_norm:
+        raise UsageError(f"--minimal: {info.name} is a minimal-norm attack already")
+    if "eps" in settings:
+        raise UsageError("--minimal: searches eps itself; do not --set eps")
+    own = {k: v for k, v in settings.items() if k != "refine_steps"}
+    check_hyperparameters(info, own | {"eps": None})
+    return as_minimal_attack(info)
+
+
+def _distortion_lines(summary: dict) -> list[str]:
+    """Mean L1 / L2 / Linf / elastic-net distance, and the target cases of --all-targets."""
+    means = summary.get("mean_norms", {})
+    names = (("l1", "L1"), ("l2", "L2"), ("linf", "Linf"), ("en", "EN"))
+    text = ", ".join(f"{label} {means[k]:.4g}" for k, label in names if k in means)
+    lines = [f"mean distortion over successes: {text}"] if text else []
+    cases = summary.get("target_cases")
+    if cases:
+        lines.append(
+            f"all {cases['targets_per_sample']} targets of {cases['samples']} correctly "
+            "classified images:"
+        )
+        for case in ("best", "average", "worst"):
+            c = cases[case]
+            values = ", ".join(f"{label} {c[k]:.4g}" for k, label in names)
+            lines.append(f"  {case:<8} success {100 * c['success_rate']:.1f}%  {values}")
+    return lines
+
+
 def _command_attack(args: argparse.Namespace) -> int:
     from . import data, models
     from .evaluation import ResultsStore, run_attack
@@ -242,7 +285,10 @@ def _command_attack(args: argparse.Namespace) -> int:
         info = attacks.get_attack(args.attack)
     except ValueError as error:
         raise UsageError(f"--attack: {error}") from None
-    check_hyperparameters(info, settings)
+    if args.minimal:
+        info = _minimal_info(info, settings)
+    else:
+        check_hyperparameters(info, settings)
     try:
         resolve_norm(info, args.norm)
     except ValueError as error:
@@ -262,7 +308,8 @@ def _command_attack(args: argparse.Namespace) -> int:
             labels,
             info,
             norm=args.norm,
-            targeted=args.targeted,
+            targeted=args.targeted or args.all_targets,
+            targets="all" if args.all_targets else None,
             hyperparameters=settings,
             batch_size=args.batch_size,
             store=store,
@@ -272,6 +319,8 @@ def _command_attack(args: argparse.Namespace) -> int:
             progress=not args.quiet,
         )
         _print_run(store, result.run_id)
+        for line in _distortion_lines(result.summary):
+            print(line)
         print(f"stored as run {result.run_id} in {store.path}")
     return 0
 
