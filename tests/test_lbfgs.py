@@ -92,3 +92,18 @@ def test_rejects_bad_arguments():
     ]:
         with pytest.raises(ValueError, match=name):
             lbfgs(model, x, y, **kw)
+
+
+def test_batch_result_equals_per_sample_results():
+    """Each sample runs its own L-BFGS-B (its own line search and stopping test): a batch gives
+    what its samples give one at a time (it used to be one separable problem per batch)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(20, 32), torch.nn.Tanh(), torch.nn.Linear(32, 5)
+    ).double()
+    x = torch.rand(6, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    y = model(x).argmax(1)
+    batched = lbfgs(model, x, y, search_steps=4, max_iter=50)
+    for k in range(x.shape[0]):
+        single = lbfgs(model, x[k : k + 1], y[k : k + 1], search_steps=4, max_iter=50)
+        torch.testing.assert_close(single[0], batched[k], atol=1e-9, rtol=0)

@@ -20,7 +20,7 @@ NORM_CHOICES = ("1", "2", "inf")
 _RESERVED = {"model", "inputs", "labels", "targeted", "norm", "self"}
 # Minimal-norm attacks of the demo, by preference (at most DEMO_MAX_MINIMAL of them), with
 # settings that keep the demo short; settings an attack does not take are left out.
-DEMO_MINIMAL = ("deepfool", "ddn", "anu", "fmn")
+DEMO_MINIMAL = ("deepfool", "ddn", "anu")
 DEMO_MAX_MINIMAL = 2
 DEMO_SETTINGS = {"deepfool": {"steps": 20}, "ddn": {"steps": 20}, "anu": {"steps": 20}}
 DEMO_IMAGES = 100

@@ -8,50 +8,31 @@ perturbation norms are computed per sample over all non-batch dimensions.
 
 from __future__ import annotations
 
-import contextlib
-import math
-from collections.abc import Iterator
-
 import torch
 from torch import Tensor, nn
 
-NormLike = int | float | str
+from ..checks import (  # noqa: F401  (the attacks' checks live in advx.checks)
+    BOX_TOLERANCE,
+    INF,
+    NormLike,
+    as_labels,
+    attack_mode,
+    check_inputs,
+    check_int,
+    check_labels,
+    check_logits,
+    check_model_matches,
+    check_positive,
+    contract,
+    forward,
+    parse_norm,
+    validate,
+)
+
 EpsLike = float | int | Tensor
 
-INF = float("inf")
-_BOX_TOLERANCE = 1e-6
 
-
-# --------------------------------------------------------------------------- argument checks
-
-
-def parse_norm(norm: NormLike, allowed: tuple[float, ...] | None = (1.0, 2.0, INF)) -> float:
-    """Return ``norm`` as a float p >= 1 (``'inf'``, ``'linf'`` and ``float('inf')`` give inf).
-
-    ``allowed`` restricts p to a set; ``None`` accepts any p >= 1.
-    Raises ``ValueError`` naming the argument ``norm`` otherwise.
-    """
-    if isinstance(norm, bool):
-        raise TypeError(f"norm must be a number or 'inf', got {norm!r}")
-    if isinstance(norm, str):
-        text = norm.strip().lower()
-        if text in ("inf", "linf", "infinity", "max"):
-            value = INF
-        else:
-            try:
-                value = float(text.lstrip("l"))
-            except ValueError:
-                raise ValueError(f"norm must be 1, 2 or 'inf', got {norm!r}") from None
-    elif isinstance(norm, (int, float)):
-        value = float(norm)
-    else:
-        raise TypeError(f"norm must be a number or 'inf', got {type(norm).__name__}")
-    if math.isnan(value) or value < 1:
-        raise ValueError(f"norm must be >= 1, got {norm!r}")
-    if allowed is not None and value not in allowed:
-        names = ", ".join("inf" if a == INF else f"{a:g}" for a in allowed)
-        raise ValueError(f"norm must be one of {names}; got {norm!r}")
-    return value
+# --------------------------------------------------------------------------- per-sample values
 
 
 def dual_exponent(p: float) -> float:
@@ -61,104 +42,6 @@ def dual_exponent(p: float) -> float:
     if p == INF:
         return 1.0
     return p / (p - 1.0)
-
-
-def check_inputs(inputs: Tensor, name: str = "inputs") -> None:
-    """Reject anything that is not a finite float batch in [0, 1] of rank >= 2."""
-    if not isinstance(inputs, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(inputs).__name__}")
-    if not inputs.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {inputs.dtype}")
-    if inputs.dim() < 2:
-        raise ValueError(
-            f"{name} must be a batch (N, C, H, W) or (N, D); got shape {tuple(inputs.shape)}"
-        )
-    if inputs.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch")
-    if not torch.isfinite(inputs).all():
-        raise ValueError(f"{name} contains NaN or inf")
-    low, high = inputs.min().item(), inputs.max().item()
-    if low < -_BOX_TOLERANCE or high > 1 + _BOX_TOLERANCE:
-        raise ValueError(f"{name} must lie in [0, 1]; got values in [{low:.4g}, {high:.4g}]")
-
-
-def check_labels(
-    labels: Tensor, batch_size: int, num_classes: int | None, name: str = "labels"
-) -> None:
-    """Labels must be an integer vector of length N with classes in [0, num_classes)."""
-    if not isinstance(labels, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(labels).__name__}")
-    if labels.is_floating_point() or labels.dtype == torch.bool:
-        raise TypeError(f"{name} must be an integer tensor, got dtype {labels.dtype}")
-    if labels.dim() != 1:
-        raise ValueError(f"{name} must have shape (N,), got {tuple(labels.shape)}")
-    if labels.shape[0] != batch_size:
-        raise ValueError(
-            f"{name} has {labels.shape[0]} entries but inputs has batch size {batch_size}"
-        )
-    if num_classes is not None and labels.numel() > 0:
-        low, high = labels.min().item(), labels.max().item()
-        if low < 0 or high >= num_classes:
-            raise ValueError(
-                f"{name} must be classes in [0, {num_classes}); got values in [{low}, {high}]"
-            )
-
-
-def check_logits(logits: Tensor, batch_size: int) -> None:
-    """The model must return (N, K) logits; outputs that look like probabilities are refused."""
-    if logits.dim() != 2 or logits.shape[0] != batch_size:
-        raise ValueError(
-            f"model must return logits of shape (N, K) = ({batch_size}, K); got {tuple(logits.shape)}"
-        )
-    if logits.shape[1] < 2:
-        raise ValueError("model must return at least two class scores")
-    nonneg = bool((logits >= 0).all())
-    sums_to_one = bool(torch.allclose(logits.sum(1), torch.ones_like(logits[:, 0]), atol=1e-4))
-    if nonneg and sums_to_one:
-        raise ValueError(
-            "model output looks like probabilities (non-negative rows summing to 1); "
-            "attacks need logits: remove the final softmax from the model"
-        )
-
-
-def check_positive(value: float, name: str, allow_zero: bool = False) -> None:
-    """Raise ``ValueError`` naming ``name`` unless value > 0 (or >= 0)."""
-    ok = value >= 0 if allow_zero else value > 0
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not ok
-        or math.isnan(value)
-    ):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a number {bound}, got {value!r}")
-
-
-def check_int(value: int, name: str, minimum: int = 1) -> None:
-    """Raise ``ValueError`` naming ``name`` unless value is an int >= minimum."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def validate(model: nn.Module, inputs: Tensor, labels: Tensor, probe: int | None = None) -> Tensor:
-    """Check the attack contract's arguments and return the clean logits (computed without grad,
-    in eval mode like every attack's own passes: a model left in training mode would otherwise
-    use batch statistics and update its BatchNorm running statistics here).
-
-    ``probe=k`` runs the forward pass on the first k samples only (their logits are returned):
-    for attacks whose own first pass computes the clean logits anyway, the model and the labels'
-    class range are still checked, at a fraction of a batch's forward pass.
-    """
-    if not callable(model):
-        raise TypeError("model must be a callable torch.nn.Module returning logits")
-    check_inputs(inputs)
-    check_labels(labels, inputs.shape[0], None)
-    checked = inputs if probe is None else inputs[:probe]
-    with torch.no_grad(), attack_mode(model):
-        logits = model(checked)
-    check_logits(logits, checked.shape[0])
-    check_labels(labels, inputs.shape[0], logits.shape[1])
-    return logits
 
 
 def per_sample(value: EpsLike, like: Tensor, name: str = "eps", allow_zero: bool = True) -> Tensor:
@@ -179,25 +62,6 @@ def per_sample(value: EpsLike, like: Tensor, name: str = "eps", allow_zero: bool
     if not torch.isfinite(out).all() or (out < 0).any() or (not allow_zero and (out == 0).any()):
         raise ValueError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}")
     return out
-
-
-@contextlib.contextmanager
-def attack_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode with parameter gradients off; restore both afterwards."""
-    was_training = getattr(model, "training", False)
-    params = list(model.parameters()) if isinstance(model, nn.Module) else []
-    grad_flags = [p.requires_grad for p in params]
-    if isinstance(model, nn.Module):
-        model.eval()
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for p, flag in zip(params, grad_flags):
-            p.requires_grad_(flag)
-        if isinstance(model, nn.Module):
-            model.train(was_training)
 
 
 # --------------------------------------------------------------------------- norms
@@ -347,6 +211,28 @@ def loss_and_grad(
     return logits.detach(), value.detach(), grad
 
 
+# --------------------------------------------------------------------------- targets
+
+
+def attacked_classes(
+    labels: Tensor, target: Tensor | None, targeted: bool, num_classes: int
+) -> Tensor | None:
+    """The class each sample is pushed towards by a minimal-norm attack that also takes a
+    ``target=`` keyword: the labels themselves when ``targeted`` (they are the targets), the
+    checked ``target`` tensor when given, else None (any other class)."""
+    if targeted and target is not None:
+        raise ValueError(
+            "give the target classes either as labels with targeted=True or as target="
+        )
+    if targeted:
+        return labels
+    if target is not None:
+        target = as_labels(target, labels.shape[0], name="target")
+        check_labels(target, labels.shape[0], num_classes, name="target")
+        return target.to(labels.device)
+    return None
+
+
 # --------------------------------------------------------------------------- tracking
 
 DECISION_RULES = ("en", "l1", "l2")
@@ -365,13 +251,24 @@ def decision_distance(l1: Tensor, squared_l2: Tensor, beta: float, rule: str) ->
     raise ValueError(f"decision_rule must be one of {DECISION_RULES}, got {rule!r}")
 
 
+def keep_best(
+    best_adv: Tensor, best_norm: Tensor, candidate: Tensor, candidate_norm: Tensor, success: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per sample, the lower-norm of the best so far and a successful candidate, without host
+    synchronisation. Returns the new (best adversarial, best norm) and the mask of improved
+    samples."""
+    improved = success & (candidate_norm < best_norm)
+    adv = torch.where(view_like(improved, candidate), candidate.to(best_adv.dtype), best_adv)
+    return adv, torch.where(improved, candidate_norm, best_norm), improved
+
+
 def update_best(
     best_adv: Tensor, best_norm: Tensor, candidate: Tensor, candidate_norm: Tensor, success: Tensor
 ) -> Tensor:
-    """Keep, per sample, the lowest-norm successful candidate. Updates in place; returns the mask."""
-    improved = success & (candidate_norm < best_norm)
-    best_norm[improved] = candidate_norm[improved]
-    best_adv[improved] = candidate[improved].to(best_adv.dtype)
+    """:func:`keep_best` in place on ``best_adv`` and ``best_norm``; returns the mask."""
+    adv, norm, improved = keep_best(best_adv, best_norm, candidate, candidate_norm, success)
+    best_adv.copy_(adv)
+    best_norm.copy_(norm)
     return improved
 
 

@@ -47,6 +47,7 @@ from ._core import (
     attack_mode,
     check_int,
     clip_box,
+    contract,
     flat,
     parse_norm,
     per_sample,
@@ -55,6 +56,7 @@ from ._core import (
     view_like,
 )
 from ._core import margin as margin_loss
+from .linearisation import class_gradients
 
 MARGINS = ("probabilities", "logits")
 PIECES = ("active", "all")
@@ -162,16 +164,12 @@ def all_class_gradients(
     ``margin`` picks logits or softmax probabilities as f."""
     if margin not in MARGINS:
         raise ValueError(f"margin must be one of {MARGINS}, got {margin!r}")
-    n = inputs.shape[0]
     with torch.no_grad():
         k = model(inputs[:1]).shape[1]
-    copies = inputs.detach().repeat(k, *([1] * (inputs.dim() - 1))).requires_grad_(True)
-    with torch.enable_grad():
-        scores = _scores(model(copies), margin).reshape(k, n, k)
-        own_class = torch.diagonal(scores, dim1=0, dim2=2)  # (N, K): copy c, class c
-        (grads,) = torch.autograd.grad(own_class.sum(), copies)
-    grads = grads.reshape(k, *inputs.shape).movedim(0, 1)
-    return scores[0].detach(), grads.detach()
+    classes = torch.arange(k, device=inputs.device).expand(inputs.shape[0], k)
+    return class_gradients(
+        model, inputs, classes, method="replicate", scores=lambda z: _scores(z, margin)
+    )
 
 
 def margin_pieces(scores: Tensor, grads: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -264,6 +262,7 @@ def _run(
     return x
 
 
+@contract
 def gn(
     model: nn.Module,
     inputs: Tensor,
@@ -317,6 +316,7 @@ def gn(
     return _run(model, inputs, labels, radius, p, 1, targeted, margin, "margin", pieces)
 
 
+@contract
 def gn_iterative(
     model: nn.Module,
     inputs: Tensor,
@@ -342,6 +342,7 @@ def gn_iterative(
     return _run(model, inputs, labels, radius, p, steps, targeted, margin, "margin", pieces)
 
 
+@contract
 def gn_simple(
     model: nn.Module,
     inputs: Tensor,
@@ -374,6 +375,7 @@ def bernoulli_noise(
     return clip_box(inputs + view_like(radius, inputs) * signs).detach()
 
 
+@contract
 def bernoulli(
     model: nn.Module,
     inputs: Tensor,

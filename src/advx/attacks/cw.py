@@ -13,11 +13,12 @@ from ._core import (
     binary_search_step,
     check_int,
     check_positive,
+    contract,
     decision_distance,
     flat,
+    keep_best,
     margin,
     validate,
-    view_like,
 )
 
 _TANH_SHRINK = 1 - 1e-6  # keeps atanh finite on pixels at exactly 0 or 1
@@ -94,14 +95,6 @@ def _objective(
     return loss, x.detach(), distance, margins.detach()
 
 
-def _keep_best(
-    best_adv: Tensor, best_norm: Tensor, x: Tensor, norm: Tensor, success: Tensor
-) -> tuple[Tensor, Tensor]:
-    """Lowest-norm successful iterate so far, per sample, without host synchronisation."""
-    better = success & (norm < best_norm)
-    return torch.where(view_like(better, x), x, best_adv), torch.where(better, norm, best_norm)
-
-
 def _optimise_const(
     model: nn.Module,
     inputs: Tensor,
@@ -128,7 +121,7 @@ def _optimise_const(
             (grad,) = torch.autograd.grad(loss.sum(), w)
         success = cw_success(margins, settings.confidence)
         found |= success
-        best_adv, best_norm = _keep_best(best_adv, best_norm, x, norm, success)
+        best_adv, best_norm, _ = keep_best(best_adv, best_norm, x, norm, success)
         if settings.abort_early and step % check_every == 0:
             loss = loss.detach()
             if previous is not None and bool((loss > previous * 0.9999).all()):
@@ -138,6 +131,7 @@ def _optimise_const(
     return best_adv, best_norm, found
 
 
+@contract
 def carlini_wagner_l2(
     model: nn.Module,
     inputs: Tensor,

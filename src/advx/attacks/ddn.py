@@ -26,6 +26,7 @@ from ._core import (
     check_int,
     check_positive,
     clip_box,
+    contract,
     is_adversarial,
     loss_and_grad,
     lp_norm,
@@ -64,8 +65,6 @@ ANU_TARGETED_DEFAULTS: dict[str, dict] = {
     "mnist": {**_ANU_COMMON, "gamma0": 0.05, "alpha_gamma": 0.05},
     "cifar10": {**_ANU_COMMON, "gamma0": 0.15, "alpha_gamma": 0.06},
 }
-# Section 5.3 (after Rony et al. 2019): adversarial training caps the perturbation norm.
-ADVERSARIAL_TRAINING_MAX_NORM: dict[str, float] = {"mnist": 2.4, "cifar10": 1.0}
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -304,6 +303,7 @@ def _run(
 # --------------------------------------------------------------------------- public attacks
 
 
+@contract
 def ddn(
     model: nn.Module,
     inputs: Tensor,
@@ -355,6 +355,7 @@ def ddn(
     return _run(model, inputs, labels, settings, lambda like: FixedFactor(gamma, like))
 
 
+@contract
 def anu(
     model: nn.Module,
     inputs: Tensor,

@@ -1,5 +1,4 @@
-"""DeepFool (Moosavi-Dezfooli, Fawzi & Frossard, CVPR 2016) and the batched per-class Jacobian
-helper ``class_gradients`` (reused by the trust-region attack and by target selection)."""
+"""DeepFool (Moosavi-Dezfooli, Fawzi & Frossard, CVPR 2016)."""
 
 from __future__ import annotations
 
@@ -12,96 +11,30 @@ from ._core import (
     INF,
     NormLike,
     attack_mode,
+    attacked_classes,
     check_int,
-    check_labels,
     check_positive,
     clip_box,
+    contract,
     dual_exponent,
-    lp_norm,
     parse_norm,
     reaches,
     steepest_direction,
     validate,
     view_like,
 )
-
-# --------------------------------------------------------------------------- per-class Jacobians
-
-
-def _backward_per_rank(selected: Tensor, x: Tensor) -> Tensor:
-    """One batched backward per column of ``selected`` (N, C): returns (C, N, *x.shape[1:])."""
-    columns = [
-        torch.autograd.grad(selected[:, r].sum(), x, retain_graph=True)[0]
-        for r in range(selected.shape[1])
-    ]
-    return torch.stack(columns)
-
-
-def _backward_vmapped(selected: Tensor, x: Tensor) -> Tensor:
-    """All C backward passes at once through ``torch.autograd.grad(is_grads_batched=True)``
-    (vmap over the cotangent): returns (C, N, *x.shape[1:])."""
-    n, c = selected.shape
-    eye = torch.eye(c, dtype=selected.dtype, device=selected.device)
-    cotangents = eye[:, None, :].expand(c, n, c)  # cotangent r picks column r in every row
-    (grads,) = torch.autograd.grad(
-        selected, x, cotangents, is_grads_batched=True, retain_graph=True
-    )
-    return grads
-
-
-def class_gradients(
-    model: nn.Module, x: Tensor, classes: Tensor, vectorize: bool | None = None
-) -> tuple[Tensor, Tensor]:
-    """Logits and input gradients of selected logits, batched over samples and classes.
-
-    ``classes`` is an integer (N, C) tensor: row i lists the C classes whose logit gradients are
-    wanted for sample i (the rows may differ). Returns ``(logits, grads)`` with ``logits`` (N, K)
-    and ``grads`` (N, C, *x.shape[1:]), ``grads[i, r] = d z_{classes[i, r]}(x_i) / d x_i``; both
-    detached. One forward pass; the C backward passes run vectorised with ``torch.vmap`` over
-    the cotangents (``vectorize=True``, falling back to one backward per rank when an operator
-    has no batching rule) or as one batched backward per rank (``vectorize=False``). Either
-    way there is no Python loop over samples, and no loop over classes beyond the C ranks.
-    ``None`` (default) vectorises on accelerators only: on CPU the per-rank backward measured
-    about 2x faster (CIFAR-size CNN, 64 samples, 10 classes).
-
-    Samples must not interact inside the model (eval mode, as ``attack_mode`` ensures), since
-    the gradient of a summed logit column is taken for the whole batch at once. Parameter
-    gradients are not accumulated.
-    """
-    if classes.dim() != 2 or classes.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"classes must have shape (N, C) with N={x.shape[0]}; got {tuple(classes.shape)}"
-        )
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(x)
-        selected = logits.gather(1, classes)
-        grads = None
-        if vectorize is None:
-            vectorize = x.device.type != "cpu"
-        if vectorize and classes.shape[1] > 1:
-            try:
-                grads = _backward_vmapped(selected, x)
-            except (RuntimeError, NotImplementedError):
-                grads = None
-        if grads is None:
-            grads = _backward_per_rank(selected, x)
-    return logits.detach(), grads.transpose(0, 1).detach()
-
+from .linearisation import (  # noqa: F401  (candidate_classes, class_gradients: re-exported)
+    boundary_distance,
+    candidate_classes,
+    class_gradients,
+    column_gradients,
+)
 
 # --------------------------------------------------------------------------- DeepFool
 
 STEP_EPSILON = 1e-4
 """Added to every DeepFool step length (``(pert + 1e-4) * w / ||w||`` in the authors' code and in
 foolbox): an iterate on a linearised boundary, or one whose step the box clips, still crosses."""
-
-
-def candidate_classes(logits: Tensor, first: Tensor, count: int) -> Tensor:
-    """(N, count) classes: ``first`` in column 0, then the ``count - 1`` highest-logit other
-    classes in decreasing order of logit (DeepFool's restriction to the top classes)."""
-    count = min(count, logits.shape[1])
-    others = logits.scatter(1, first[:, None], -INF).topk(count - 1, dim=1).indices
-    return torch.cat([first[:, None], others], dim=1)
 
 
 def _forward_with_graph(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -116,23 +49,14 @@ def _candidate_margins(
 ) -> tuple[Tensor, Callable[[], Tensor]]:
     """The margins z_k - z_c0 for the candidates k = classes[:, 1:] at x (``logits`` must carry
     the graph of ``_forward_with_graph``) and a closure giving their input gradients (C-1
-    batched backward passes, vmapped on accelerators as in ``class_gradients``), so that the
+    batched backward passes, vmapped on accelerators: ``column_gradients``), so that the
     backward passes are only paid when some sample still needs a step."""
     with torch.enable_grad():
         z = logits.gather(1, classes)
         margins = z[:, 1:] - z[:, :1]
 
     def gradients() -> Tensor:
-        grads = None
-        with torch.enable_grad():
-            if x.device.type != "cpu" and margins.shape[1] > 1:
-                try:
-                    grads = _backward_vmapped(margins, x)
-                except (RuntimeError, NotImplementedError):
-                    grads = None
-            if grads is None:
-                grads = _backward_per_rank(margins, x)
-        return grads.transpose(0, 1).detach()
+        return column_gradients(margins, x)
 
     return margins.detach(), gradients
 
@@ -145,9 +69,7 @@ def _linearised_boundaries(
     the distance |f_k| / ||w_k||_q to its zero level set (Moosavi-Dezfooli et al. 2016,
     eq. (8)-(9) and Sec. 3.2 for general p)."""
     f, w = sign * margins, sign * grads
-    w_norm = lp_norm(w.reshape(-1, *w.shape[2:]), q).reshape(f.shape)
-    dist = torch.where(w_norm > 0, f.abs() / w_norm.clamp_min(1e-30), torch.full_like(f, INF))
-    return f, w, dist
+    return f, w, boundary_distance(f, w, q)
 
 
 def _deepfool_step(margins: Tensor, grads: Tensor, p: float, targeted: bool) -> Tensor:
@@ -214,21 +136,7 @@ def _run_deepfool(
     return torch.where(view_like(success, x), x, inputs)
 
 
-def _resolve_targets(
-    labels: Tensor, target: Tensor | None, targeted: bool, num_classes: int
-) -> Tensor | None:
-    if targeted and target is not None:
-        raise ValueError(
-            "give the target classes either as labels with targeted=True or as target="
-        )
-    if targeted:
-        return labels
-    if target is not None:
-        check_labels(target, labels.shape[0], num_classes, name="target")
-        return target.to(labels.device)
-    return None
-
-
+@contract
 def deepfool(
     model: nn.Module,
     inputs: Tensor,
@@ -275,7 +183,7 @@ def deepfool(
     check_positive(overshoot, "overshoot", allow_zero=True)
     check_int(candidates, "candidates", 2)
     probe_logits = validate(model, inputs, labels, probe=1)  # iteration 0 gives clean logits
-    targets = _resolve_targets(labels, target, targeted, probe_logits.shape[1])
+    targets = attacked_classes(labels, target, targeted, probe_logits.shape[1])
     with attack_mode(model):
         adv = _run_deepfool(
             model, inputs.detach(), labels, targets, candidates, p, steps, overshoot

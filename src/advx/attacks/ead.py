@@ -22,6 +22,7 @@ from ._core import (
     binary_search_step,
     check_int,
     check_positive,
+    contract,
     decision_distance,
     flat,
     margin,
@@ -230,6 +231,7 @@ def _check_ead_arguments(beta, c_init, binary_search_steps, steps, lr, decision_
         raise ValueError(f"decision_rule must be one of {DECISION_RULES}, got {decision_rule!r}")
 
 
+@contract
 def ead(
     model: nn.Module,
     inputs: Tensor,
@@ -308,6 +310,7 @@ def ead(
     return result.detach()
 
 
+@contract
 def cov(
     model: nn.Module,
     inputs: Tensor,

@@ -13,6 +13,7 @@ from ._core import (
     check_int,
     check_positive,
     clip_box,
+    contract,
     flat,
     is_adversarial,
     l1_normalized_direction,
@@ -35,6 +36,7 @@ def _direction(grad: Tensor, p: float, l1_step: str) -> Tensor:
     return steepest_direction(grad, p)
 
 
+@contract
 def fgm(
     model: nn.Module,
     inputs: Tensor,
@@ -134,6 +136,7 @@ def _projected_ascent(
     return kept, found | last_success
 
 
+@contract
 def pgd(
     model: nn.Module,
     inputs: Tensor,
@@ -191,6 +194,7 @@ def pgd(
     return best.detach()
 
 
+@contract
 def ifgm(
     model: nn.Module,
     inputs: Tensor,

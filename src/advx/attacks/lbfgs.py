@@ -1,7 +1,10 @@
 """Box-constrained L-BFGS attack (Szegedy et al., "Intriguing properties of neural networks",
-ICLR 2014), solved with scipy's L-BFGS-B as one separable problem per batch."""
+ICLR 2014), solved with scipy's L-BFGS-B, one problem per sample, the samples' model
+evaluations batched in lock-step."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -13,11 +16,14 @@ from ._core import (
     binary_search_step,
     check_int,
     check_positive,
+    contract,
     flat,
     is_adversarial,
+    keep_best,
+    update_best,
     validate,
-    view_like,
 )
+from ._lockstep import run_in_lockstep
 
 
 def classification_loss(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
@@ -31,9 +37,9 @@ def classification_loss(logits: Tensor, labels: Tensor, targeted: bool) -> Tenso
 
 
 class _BatchObjective:
-    """f(X) = sum_i ||x_i - x0_i||_2^2 + c_i * loss_f(x_i) on the flattened batch, evaluated for
-    scipy (float64 in, float64 value and gradient out). Every evaluated point is in the box, so
-    the lowest-norm adversarial seen at any evaluation is kept."""
+    """f_i(x) = ||x - x0_i||_2^2 + c_i * loss_f(x) for every sample i, evaluated on whichever
+    samples ask at once (float64 in, float64 value and gradient out). Every evaluated point is
+    in the box, so the lowest-norm adversarial seen at any evaluation is kept per sample."""
 
     def __init__(
         self, model: nn.Module, inputs: Tensor, labels: Tensor, const: Tensor, targeted: bool
@@ -43,36 +49,47 @@ class _BatchObjective:
         self.best_adv = inputs.clone()
         self.best_norm = torch.full_like(const, float("inf"))
 
-    def __call__(self, flat_x: np.ndarray) -> tuple[float, np.ndarray]:
-        x = torch.from_numpy(flat_x).to(self.inputs).reshape(self.inputs.shape).requires_grad_(True)
+    def __call__(self, points: dict[int, np.ndarray]) -> dict[int, tuple[float, np.ndarray]]:
+        index = torch.tensor(sorted(points), device=self.inputs.device)
+        origin = self.inputs[index]
+        stacked = np.stack([points[i] for i in index.tolist()])
+        x = torch.from_numpy(stacked).to(origin).reshape(origin.shape).requires_grad_(True)
         with torch.enable_grad():
             logits = self.model(x)
-            squared = flat(x - self.inputs).square().sum(1)
-            loss = squared + self.const * classification_loss(logits, self.labels, self.targeted)
-            (grad,) = torch.autograd.grad(loss.sum(), x)
-        self._track(x.detach(), squared.detach().sqrt(), logits.detach())
-        value = float(loss.detach().sum())
-        return value, grad.detach().cpu().double().numpy().ravel()
+            squared = flat(x - origin).square().sum(1)
+            loss_f = classification_loss(logits, self.labels[index], self.targeted)
+            value = squared + self.const[index] * loss_f
+            (grad,) = torch.autograd.grad(value.sum(), x)
+        self._track(index, x.detach(), squared.detach().sqrt(), logits.detach())
+        values = value.detach().cpu().double().numpy()
+        grads = flat(grad).detach().cpu().double().numpy()
+        return {i: (float(values[k]), grads[k]) for k, i in enumerate(index.tolist())}
 
-    def _track(self, x: Tensor, norm: Tensor, logits: Tensor) -> None:
-        better = is_adversarial(logits, self.labels, self.targeted) & (norm < self.best_norm)
-        self.best_adv = torch.where(view_like(better, x), x, self.best_adv)
-        self.best_norm = torch.where(better, norm, self.best_norm)
+    def _track(self, index: Tensor, x: Tensor, norm: Tensor, logits: Tensor) -> None:
+        adversarial = is_adversarial(logits, self.labels[index], self.targeted)
+        adv, norm, _ = keep_best(self.best_adv[index], self.best_norm[index], x, norm, adversarial)
+        self.best_adv[index], self.best_norm[index] = adv, norm
 
 
 def _solve(objective: _BatchObjective, start: Tensor, max_iter: int) -> Tensor:
-    """Run L-BFGS-B with bounds [0, 1] on every coordinate from ``start``; return the solution."""
-    result = minimize(
-        objective,
-        start.detach().cpu().double().numpy().ravel(),
-        jac=True,
-        method="L-BFGS-B",
-        bounds=Bounds(np.zeros(start.numel()), np.ones(start.numel())),
-        options={"maxiter": max_iter},
-    )
-    return torch.from_numpy(result.x).to(start).reshape(start.shape).clamp(0.0, 1.0)
+    """Run one L-BFGS-B per sample (scipy, bounds [0, 1], its own line search and stopping
+    test) from ``start``; the samples' evaluations are batched through the model in lock-step.
+    Returns the solutions."""
+    n = start.shape[0]
+    starts = flat(start).detach().cpu().double().numpy()
+    bounds = Bounds(np.zeros(starts.shape[1]), np.ones(starts.shape[1]))
+
+    def minimise(i: int, evaluate: Callable[[np.ndarray], tuple[float, np.ndarray]]):
+        options = {"maxiter": max_iter}
+        return minimize(
+            evaluate, starts[i], jac=True, method="L-BFGS-B", bounds=bounds, options=options
+        ).x
+
+    solutions = run_in_lockstep(n, minimise, objective)
+    return torch.from_numpy(np.stack(solutions)).to(start).reshape(start.shape).clamp(0.0, 1.0)
 
 
+@contract
 def lbfgs(
     model: nn.Module,
     inputs: Tensor,
@@ -92,8 +109,10 @@ def lbfgs(
     per-sample search is the one C&W use: start at ``c_init``, multiply by 10 until a minimiser
     is adversarial, then bisect, for ``search_steps`` rounds. ``loss_f`` is the cross-entropy to
     the target (``targeted=True``, ``labels`` are the targets) or -log(1 - p_y) (untargeted).
-    Each round solves the whole batch as one separable L-BFGS-B problem (scipy, at most
-    ``max_iter`` iterations, bounds [0, 1]) from the clean input.
+    Each round solves one L-BFGS-B problem per sample (scipy, at most ``max_iter`` iterations,
+    bounds [0, 1]) from the clean input; the samples' function evaluations go through the
+    model together, so a batch costs about as many forward passes as one sample, and its
+    result equals the per-sample results.
 
     Returns, per sample, the lowest-L2 adversarial point seen at any evaluation of any round, and
     the original input where none was found (already adversarial inputs are returned as they are).
@@ -114,9 +133,8 @@ def lbfgs(
             solution = _solve(objective, inputs, max_iter)
             with torch.no_grad():
                 solved = is_adversarial(model(solution), labels, targeted)
-            better = objective.best_norm < best_norm
-            best_adv = torch.where(view_like(better, inputs), objective.best_adv, best_adv)
-            best_norm = torch.where(better, objective.best_norm, best_norm)
+            found = torch.isfinite(objective.best_norm)
+            update_best(best_adv, best_norm, objective.best_adv, objective.best_norm, found)
             const = binary_search_step(const, lower, upper, solved)
     return best_adv.detach()
 

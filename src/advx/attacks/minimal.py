@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import as_labels, check_inputs, check_model_matches
 from ._core import (
     INF,
     NormLike,
@@ -148,6 +149,9 @@ def minimal_eps(
     if "eps" in attack_kwargs:
         raise ValueError("eps: minimal_eps searches eps itself; pass grid= instead")
     values = _check_grid(grid, p)
+    check_inputs(inputs)
+    labels = as_labels(labels, inputs.shape[0])
+    check_model_matches(model, inputs)
     validate(model, inputs, labels)
     inputs = inputs.detach()
     kwargs = dict(attack_kwargs, targeted=targeted)

@@ -17,7 +17,7 @@ from ._core import (
     parse_norm,
     validate,
 )
-from .deepfool import candidate_classes, class_gradients
+from .linearisation import boundary_distance, candidate_classes, class_gradients
 
 MODES = ("best", "hardest", "least_likely", "random")
 
@@ -33,13 +33,7 @@ def linearised_distances(
     with attack_mode(model):
         logits, grads = class_gradients(model, inputs, torch.cat([labels[:, None], classes], 1))
     z = logits.gather(1, torch.cat([labels[:, None], classes], 1))
-    diff = (grads[:, :1] - grads[:, 1:]).flatten(2)
-    if q == INF:
-        w_norm = diff.abs().amax(2)
-    else:
-        w_norm = diff.abs().pow(q).sum(2).pow(1 / q)
-    dist = (z[:, :1] - z[:, 1:]).abs() / w_norm.clamp_min(1e-30)
-    dist = torch.where(w_norm > 0, dist, torch.full_like(dist, INF))
+    dist = boundary_distance(z[:, :1] - z[:, 1:], grads[:, :1] - grads[:, 1:], q)
     return dist.masked_fill(classes == labels[:, None], INF)
 
 
@@ -50,8 +44,11 @@ def _other_classes(logits: Tensor, labels: Tensor, top_k: int | None) -> Tensor:
     return candidate_classes(logits, labels, count + 1)[:, 1:]
 
 
-def _random_other(labels: Tensor, num_classes: int, generator: torch.Generator | None) -> Tensor:
-    """A class drawn uniformly among the num_classes - 1 classes other than each label."""
+def random_other_classes(
+    labels: Tensor, num_classes: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """A class drawn uniformly among the num_classes - 1 classes other than each label (the
+    average case of Carlini & Wagner 2017, Sec. VI), from ``generator``."""
     device = labels.device if generator is None else generator.device
     draw = torch.randint(0, num_classes - 1, labels.shape, generator=generator, device=device)
     draw = draw.to(labels.device)
@@ -87,7 +84,7 @@ def select_targets(
     if mode == "least_likely":
         return logits.scatter(1, labels[:, None], INF).argmin(1)
     if mode == "random":
-        return _random_other(labels, logits.shape[1], generator)
+        return random_other_classes(labels, logits.shape[1], generator)
     classes = _other_classes(logits, labels, top_k)
     dist = linearised_distances(model, inputs.detach(), labels, classes, norm)
     if mode == "best":
@@ -114,4 +111,10 @@ def all_targets(labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
     return index, others.reshape(-1)
 
 
-__all__ = ["MODES", "all_targets", "linearised_distances", "select_targets"]
+__all__ = [
+    "MODES",
+    "all_targets",
+    "linearised_distances",
+    "random_other_classes",
+    "select_targets",
+]

@@ -24,6 +24,7 @@ from ._core import (
     check_labels,
     check_positive,
     clip_box,
+    contract,
     flat,
     lp_norm,
     parse_norm,
@@ -639,6 +640,7 @@ def _scatter(values: Tensor, idx: Tensor, n: int) -> Tensor:
     return out
 
 
+@contract
 def trust_region(
     model: nn.Module,
     inputs: Tensor,

@@ -38,12 +38,18 @@ DEFAULT_EPSILONS: dict[str, tuple[float, ...]] = {
 
 
 def norm_name(p: float) -> str:
-    """Column name of the Lp norm: 0 -> 'l0', 1 -> 'l1', 2 -> 'l2', inf -> 'linf'."""
+    """Name of the Lp norm: 0 -> 'l0', 1 -> 'l1', 2 -> 'l2', inf -> 'linf', 3 -> 'l3',
+    2.5 -> 'l2.5'."""
     if p == INF:
         return "linf"
-    if p in (0, 1, 2):
-        return f"l{int(p)}"
-    raise ValueError(f"norm must be 0, 1, 2 or inf, got {p!r}")
+    if isinstance(p, (int, float)) and not isinstance(p, bool) and (p in (0, 1) or p >= 1):
+        return f"l{p:g}"
+    raise ValueError(f"norm must be 0 or a number >= 1, got {p!r}")
+
+
+def primary_column(norm: str) -> str:
+    """The per-sample column that holds the run's own norm: ``l0`` ... ``linf``, else ``lp``."""
+    return norm if norm in NORM_NAMES else "lp"
 
 
 def _norms_of(values: Tensor, tolerance: float) -> dict[str, Tensor]:
@@ -58,11 +64,12 @@ def _norms_of(values: Tensor, tolerance: float) -> dict[str, Tensor]:
 
 
 def perturbation_norms(
-    originals: Tensor, adversarials: Tensor, tolerance: float = L0_TOLERANCE
+    originals: Tensor, adversarials: Tensor, tolerance: float = L0_TOLERANCE, p: float = 2.0
 ) -> dict[str, Tensor]:
-    """Per-sample L0/L1/L2/Linf norms of ``adversarials - originals`` and the relative norms
-    ``rel_l0`` ... ``rel_linf`` = ||delta||_p / ||x||_p, and the elastic-net distance ``en``
-    (beta = ``ELASTIC_NET_BETA``), as float64 (N,) tensors on the CPU."""
+    """Per-sample L0/L1/L2/Linf norms of ``adversarials - originals``, the relative norms
+    ``rel_l0`` ... ``rel_linf`` = ||delta||_p / ||x||_p, ``lp``, the norm of the run's own
+    ``p`` (any p >= 1), and the elastic-net distance ``en`` (beta = ``ELASTIC_NET_BETA``), as
+    float64 (N,) tensors on the CPU."""
     if originals.shape != adversarials.shape:
         raise ValueError(
             f"adversarials has shape {tuple(adversarials.shape)}, "
@@ -76,6 +83,11 @@ def perturbation_norms(
         ratio = torch.where(norms[name] == 0, torch.zeros_like(ratio), ratio)
         ratio = torch.where((reference[name] == 0) & (norms[name] > 0), INF, ratio)
         norms[f"rel_{name}"] = ratio
+    name = norm_name(p)
+    if name in NORM_NAMES:
+        norms["lp"] = norms[name].clone()
+    else:
+        norms["lp"] = delta.reshape(delta.shape[0], -1).double().norm(p=p, dim=1)
     norms["en"] = elastic_net(norms["l1"], norms["l2"])
     return norms
 
@@ -100,9 +112,10 @@ def robust_accuracy_from_norms(
 ) -> dict[float, float]:
     """Robust accuracy at each eps from a minimal-norm attack's per-sample results.
 
-    A sample is robust at eps when it was correctly classified and no adversarial example with
-    norm <= eps was found (``success`` false, or its norm above eps): the fraction of robust
-    samples among all samples. This is an upper bound on the true robust accuracy.
+    A sample is robust at eps when it was correctly classified and no misclassified example with
+    norm <= eps was found (``success`` here is "the example is misclassified", false where the
+    attack failed, whatever the mode): the fraction of robust samples among all samples. This is
+    an upper bound on the true robust accuracy.
     """
     correct = np.asarray(correct, dtype=bool)
     success = np.asarray(success, dtype=bool)
@@ -146,7 +159,9 @@ def summarize(
     norm and of the elastic-net distance ``en``, over successes on correctly classified inputs;
     misclassified inputs succeed at norm 0 and are left out), ``robust_accuracy`` ({eps: accuracy}: for minimal-norm attacks from the
     per-sample norms at ``epsilons``; for bounded attacks the fraction classified correctly after
-    the attack at ``eps``, counting an example outside the budget as a failure),
+    the attack at ``eps``, counting an example outside the budget as a failure; in every mode,
+    targeted included, an input stops being robust when its example is misclassified, whether or
+    not it reached the target),
     ``all_within_budget`` and ``max_norm`` (bounded attacks), ``seconds_per_sample``,
     ``forwards_per_sample``, ``backwards_per_sample``.
     """
@@ -154,7 +169,8 @@ def summarize(
     correct = np.asarray(samples["clean_pred"], dtype=np.int64) == label
     adv_pred = np.asarray(samples["adv_pred"], dtype=np.int64)
     success = np.asarray(samples["success"], dtype=bool)
-    primary = np.asarray(samples[norm], dtype=np.float64)
+    primary = np.asarray(samples[primary_column(norm)], dtype=np.float64)
+    misclassified = adv_pred != label
     n = int(label.size)
     counted = success & correct
     summary: dict = {
@@ -180,10 +196,12 @@ def summarize(
     summary["mean_norms"]["en"] = float(en[counted].mean()) if counted.any() else math.nan
     if minimal_norm:
         grid = DEFAULT_EPSILONS.get(norm, ()) if epsilons is None else epsilons
-        summary["robust_accuracy"] = robust_accuracy_from_norms(correct, success, primary, grid)
+        summary["robust_accuracy"] = robust_accuracy_from_norms(
+            correct, misclassified, primary, grid
+        )
     elif eps is not None:
         inside = within_budget(primary, eps)
-        robust = correct & ~(success & inside)
+        robust = correct & ~(misclassified & inside)
         summary["robust_accuracy"] = {float(eps): float(robust.mean()) if n else math.nan}
         summary["all_within_budget"] = bool(inside.all())
         summary["max_norm"] = float(primary.max()) if n else math.nan

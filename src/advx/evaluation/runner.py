@@ -16,8 +16,19 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..attacks import all_targets, get_attack
-from ..attacks._core import INF, attack_mode, check_inputs, check_labels, parse_norm
 from ..attacks.registry import BOUNDED, MINIMAL, AttackInfo
+from ..attacks.targets import random_other_classes
+from ..checks import (
+    BOX_TOLERANCE,
+    INF,
+    as_labels,
+    attack_mode,
+    check_inputs,
+    check_labels,
+    check_model_matches,
+    forward,
+    parse_norm,
+)
 from .counting import CountingModel
 from .metrics import (
     elastic_net,
@@ -27,9 +38,9 @@ from .metrics import (
     target_case_norms,
     within_budget,
 )
+from .sanity import model_warnings
 from .store import SAMPLE_COLUMNS, ResultsStore, run_key
 
-BOX_TOLERANCE = 1e-6
 TARGET_MODES = ("random", "next", "all")
 
 
@@ -107,8 +118,7 @@ def choose_targets(labels: Tensor, num_classes: int, mode: str = "random", seed:
     if mode != "random":
         raise ValueError(f"targets must be a tensor or one of {TARGET_MODES}, got {mode!r}")
     generator = torch.Generator().manual_seed(seed)
-    shift = torch.randint(1, num_classes, labels.shape, generator=generator)
-    return (labels.cpu() + shift) % num_classes
+    return random_other_classes(labels.cpu(), num_classes, generator)
 
 
 def fingerprint(*tensors: Tensor) -> str:
@@ -176,9 +186,13 @@ def _batch_rows(
 class _Plan:
     info: AttackInfo
     kwargs: dict
-    norm: str
+    p: float
     eps: float | None
     seed: int
+
+    @property
+    def norm(self) -> str:
+        return norm_name(self.p)
 
 
 def _attack_batch(
@@ -201,9 +215,9 @@ def _attack_batch(
     adversarials = adversarials.detach()
     adv_pred = _predict(model, adversarials)
     success = adv_pred == t if t is not None else adv_pred != y
-    norms = perturbation_norms(x, adversarials)
+    norms = perturbation_norms(x, adversarials, p=plan.p)
     if plan.eps is not None and not plan.info.minimal_norm:
-        inside = torch.from_numpy(within_budget(norms[plan.norm], plan.eps))
+        inside = torch.from_numpy(within_budget(norms["lp"], plan.eps))
         success = success.cpu() & inside
     n = x.shape[0]
     cost = {
@@ -224,6 +238,8 @@ def _columns(rows: Iterable[Mapping]) -> dict[str, np.ndarray]:
 
 
 def _model_device(model: nn.Module, fallback: torch.device) -> torch.device:
+    if not isinstance(model, nn.Module):
+        return fallback
     for parameter in model.parameters():
         return parameter.device
     return fallback
@@ -335,6 +351,8 @@ def target_cases(samples: Mapping[str, np.ndarray], targets_per_sample: int, by:
     keep = np.repeat(correct, targets_per_sample)
     norms = {name: samples[name][keep] for name in ("l1", "l2", "linf")}
     norms["en"] = elastic_net(norms["l1"], norms["l2"])
+    if by not in norms:  # a run in another p: its own column
+        norms[by] = samples["lp"][keep]
     cases = target_case_norms(norms, samples["success"][keep], targets_per_sample, by)
     return cases | {"samples": int(correct.sum()), "targets_per_sample": targets_per_sample}
 
@@ -379,12 +397,13 @@ def run_attack(
     info = resolve_attack(attack, hyperparameters)
     p, pass_norm = resolve_norm(info, norm)
     check_inputs(images, "images")
-    check_labels(labels, images.shape[0], None)
+    labels = as_labels(labels, images.shape[0])
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     device = _model_device(model, images.device)
+    check_model_matches(model, images[:1].to(device), "images")
     with attack_mode(model), torch.no_grad():
-        num_classes = model(images[:1].to(device)).shape[1]
+        num_classes = forward(model, images[:1].to(device), "images").shape[1]
     check_labels(labels, images.shape[0], num_classes)
     every_target = targeted and isinstance(targets, str) and targets == "all"
     if every_target:
@@ -396,7 +415,7 @@ def run_attack(
         kwargs["norm"] = p
     eps = kwargs.get("eps")
     eps = float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else None
-    plan = _Plan(info, kwargs, norm_name(p), eps, seed)
+    plan = _Plan(info, kwargs, p, eps, seed)
     config = _config(plan, model, model_name, images, labels, targets, data_spec, batch_size)
     run_id, done = store.open_run(config) if store is not None else (None, set())
     job = _Job(plan, model, images, labels, targets, batch_size, device, store, run_id, done)
@@ -418,6 +437,7 @@ def run_attack(
     summary["attack"], summary["model"] = info.name, config["model"]
     if every_target:
         summary["target_cases"] = target_cases(samples, num_classes - 1, plan.norm)
+    summary["warnings"] = model_warnings(model, images, labels, device)
     if store is not None:
         store.finish_run(run_id, summary)
     return RunResult(run_key(config), config, summary, samples, adversarials, computed, run_id)

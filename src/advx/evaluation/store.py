@@ -37,6 +37,7 @@ SAMPLE_COLUMNS = (
     "rel_l1",
     "rel_l2",
     "rel_linf",
+    "lp",
     "seconds",
     "forwards",
     "backwards",
@@ -139,7 +140,17 @@ class ResultsStore:
         self.connection.row_factory = sqlite3.Row
         self.connection.execute("PRAGMA foreign_keys = ON")
         self.connection.executescript(_SCHEMA)
+        self._add_missing_columns()
         self.connection.commit()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database written by an older advx up to the current sample columns (a
+        column it lacks is added, NULL for the rows already stored)."""
+        present = {r["name"] for r in self.connection.execute("PRAGMA table_info(samples)")}
+        for column in SAMPLE_COLUMNS:
+            if column not in present:
+                kind = "INTEGER" if column in _INT_COLUMNS else "REAL"
+                self.connection.execute(f"ALTER TABLE samples ADD COLUMN {column} {kind}")
 
     def __enter__(self) -> ResultsStore:
         return self
@@ -240,7 +251,10 @@ class ResultsStore:
             (run_id,),
         ).fetchall()
         return {
-            c: np.array([r[c] for r in rows], dtype=np.int64 if c in _INT_COLUMNS else np.float64)
+            c: np.array(
+                [np.nan if r[c] is None else r[c] for r in rows],
+                dtype=np.int64 if c in _INT_COLUMNS else np.float64,
+            )
             for c in SAMPLE_COLUMNS
         }
 
