@@ -1,8 +1,11 @@
 """advx against peer libraries (foolbox, torchattacks, adv-lib) on the same images, side by side:
 DeepFool L2 (50 steps, overshoot 0.02, 10 candidates), Carlini-Wagner L2 (same search x steps
 budget, c_0 = 1e-3, Adam lr 0.01, abort early), DDN (100 steps, epsilon_0 = 1, gamma = 0.05,
-no quantisation) and the trust-region attack (L2, adaptive, first order, each library's defaults;
-only adv-lib has one). Prints median and mean L2 of the successful examples, success rate (re-checked
+no quantisation), the trust-region attack (L2, adaptive, first order, each library's
+defaults; only adv-lib has one) and EAD (foolbox EADAttack, torchattacks EADEN, ART
+ElasticNet; same search x steps budget, beta = 1e-3, EN rule, c_0 = 1e-3, lr 0.01, abort
+early). Prints median and mean L2 (L1 and the elastic-net distance for EAD) of the
+successful examples, success rate (re-checked
 here with a fresh forward pass, never taken from the library) and wall seconds per image.
 
 The peers are never advx dependencies: run this from a separate environment that has them, e.g.
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from advx.attacks import carlini_wagner_l2, ddn, deepfool, lp_norm, trust_region
+from advx.attacks import carlini_wagner_l2, ddn, deepfool, ead, lp_norm, trust_region
 from advx.data import first_correct, load_dataset
 from advx.models import get_spec, load
 
@@ -164,7 +167,95 @@ def _tr_implementations(args) -> tuple[dict[str, Attack], list[str]]:
     return impls, missing
 
 
-def _compare(model, x, y, impls: dict[str, Attack], batch: int) -> dict[str, dict]:
+def _art_elastic_net(model, x, y, search: int, steps: int, beta: float):
+    """ART's ElasticNet on a PyTorchClassifier (numpy in and out, its own batching)."""
+    from art.attacks.evasion import ElasticNet
+    from art.estimators.classification import PyTorchClassifier
+
+    classifier = PyTorchClassifier(
+        model,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=10,
+        clip_values=(0.0, 1.0),
+    )
+    attack = ElasticNet(
+        classifier,
+        binary_search_steps=search,
+        max_iter=steps,
+        beta=beta,
+        learning_rate=0.01,
+        initial_const=1e-3,
+        batch_size=x.shape[0],
+        decision_rule="EN",
+        verbose=False,
+    )
+    return torch.from_numpy(attack.generate(x.numpy(), y.numpy())).to(x.dtype)
+
+
+def _ead_implementations(args) -> tuple[dict[str, Attack], list[str]]:
+    search, steps, beta = args.cw_search, args.cw_steps, args.ead_beta
+    impls: dict[str, Attack] = {
+        "advx": lambda m, x, y: ead(
+            m, x, y, beta=beta, c_init=1e-3, binary_search_steps=search, steps=steps, lr=0.01
+        )
+    }
+    missing = []
+    try:
+        impls["foolbox"] = _foolbox_attack(
+            lambda a: a.EADAttack(
+                binary_search_steps=search,
+                steps=steps,
+                initial_stepsize=0.01,
+                initial_const=1e-3,
+                regularization=beta,
+                decision_rule="EN",
+            )
+        )
+    except ImportError as error:
+        missing.append(f"foolbox ({error})")
+    try:
+        import torchattacks
+
+        impls["torchattacks"] = lambda m, x, y: torchattacks.EADEN(
+            m,
+            kappa=0,
+            lr=0.01,
+            binary_search_steps=search,
+            max_iterations=steps,
+            initial_const=1e-3,
+            beta=beta,
+        )(x, y)
+    except ImportError as error:
+        missing.append(f"torchattacks ({error})")
+    try:
+        import art  # noqa: F401
+
+        impls["art"] = lambda m, x, y: _art_elastic_net(m, x, y, search, steps, beta)
+    except ImportError as error:
+        missing.append(f"art ({error})")
+    return impls, missing
+
+
+def _distortions(adv: torch.Tensor, x: torch.Tensor, success: torch.Tensor, beta: float) -> dict:
+    """Median and mean L2, L1 and elastic-net distance over the successful examples."""
+    delta = adv - x
+    columns = {
+        "l2": lp_norm(delta, 2),
+        "l1": lp_norm(delta, 1),
+        "en": lp_norm(delta, 2) ** 2 + beta * lp_norm(delta, 1),
+    }
+    row = {}
+    for name, values in columns.items():
+        kept = values[success].tolist()
+        row[f"median_{name}"] = statistics.median(kept) if kept else float("nan")
+        row[f"mean_{name}"] = statistics.fmean(kept) if kept else float("nan")
+    return row
+
+
+def _compare(
+    model, x, y, impls: dict[str, Attack], batch: int, beta: float = 1e-3
+) -> dict[str, dict]:
     """Run every implementation batch by batch, rotating their order per batch."""
     names = list(impls)
     seconds = dict.fromkeys(names, 0.0)
@@ -181,11 +272,9 @@ def _compare(model, x, y, impls: dict[str, Attack], batch: int) -> dict[str, dic
         adv = torch.cat(advs[name])
         with torch.no_grad():
             success = model(adv).argmax(1) != y
-        norms = lp_norm(adv - x, 2)[success].tolist()
         rows[name] = {
             "success": success.float().mean().item(),
-            "median_l2": statistics.median(norms) if norms else float("nan"),
-            "mean_l2": statistics.fmean(norms) if norms else float("nan"),
+            **_distortions(adv, x, success, beta),
             "seconds_per_image": seconds[name] / x.shape[0],
         }
     return rows
@@ -196,6 +285,8 @@ def main() -> None:
     parser.add_argument("--model", default="mnist-cnn")
     parser.add_argument("--n", type=int, default=200, help="images for DeepFool and DDN")
     parser.add_argument("--cw-n", type=int, default=100, help="images for C&W")
+    parser.add_argument("--ead-n", type=int, default=20, help="images for EAD")
+    parser.add_argument("--ead-beta", type=float, default=1e-3)
     parser.add_argument("--attacks", nargs="+", default=["deepfool", "ddn", "cw", "tr"])
     parser.add_argument(
         "--libraries",
@@ -217,12 +308,17 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     model = load(args.model, args.data_dir, train_if_missing=False).eval()  # never train here
     images, labels = load_dataset(get_spec(args.model).dataset, "test", args.data_dir)
-    x, y, _ = first_correct(model, images[:1000], labels[:1000], max(args.n, args.cw_n))
+    x, y, _ = first_correct(model, images[:1000], labels[:1000], max(args.n, args.cw_n, args.ead_n))
     families = {
         "deepfool": (_deepfool_implementations, args.n, f"L2, {args.df_steps} steps"),
         "ddn": (_ddn_implementations, args.n, f"{args.ddn_steps} steps"),
         "cw": (_cw_implementations, args.cw_n, f"L2, {args.cw_search}x{args.cw_steps}"),
         "tr": (_tr_implementations, args.n, "L2, adaptive, first order, library defaults"),
+        "ead": (
+            _ead_implementations,
+            args.ead_n,
+            f"EN rule, beta {args.ead_beta:g}, {args.cw_search}x{args.cw_steps}",
+        ),
     }
     print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     run = {  # stored with every row: how, when and where it was measured
@@ -240,14 +336,18 @@ def main() -> None:
             impls = {k: v for k, v in impls.items() if k == "advx" or k in args.libraries}
         for line in missing:
             print(f"  {family}: skipped {line}")
-        rows = _compare(model, x[:n], y[:n], impls, args.batch_size)
+        rows = _compare(model, x[:n], y[:n], impls, args.batch_size, args.ead_beta)
         print(f"{family} ({budget}) on {n} images")
-        print(f"  {'library':<13} {'success':>8} {'median L2':>10} {'mean L2':>9} {'s/img':>8}")
+        norm = "l1" if family == "ead" else "l2"
+        head = f"  {'library':<13} {'success':>8} {'median ' + norm.upper():>10} "
+        head += f"{'mean ' + norm.upper():>9} {'mean EN':>9} {'s/img':>8}"
+        print(head)
         with (out / "results.jsonl").open("a") as f:
             for name, row in rows.items():
                 print(
-                    f"  {name:<13} {row['success']:>8.3f} {row['median_l2']:>10.4f} "
-                    f"{row['mean_l2']:>9.4f} {row['seconds_per_image']:>8.4f}",
+                    f"  {name:<13} {row['success']:>8.3f} {row['median_' + norm]:>10.4f} "
+                    f"{row['mean_' + norm]:>9.4f} {row['mean_en']:>9.4f} "
+                    f"{row['seconds_per_image']:>8.4f}",
                     flush=True,
                 )
                 row |= {"model": args.model, "attack": family, "budget": budget, "n": n, **run}

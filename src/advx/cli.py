@@ -214,8 +214,13 @@ def _add_attack_parser(commands) -> None:
         "--targets",
         choices=("random", "next", "all"),
         default="random",
-        help="with --targeted: random other classes, label+1, or one run per target class "
-        "(best/average/worst case in the report)",
+        help="with --targeted: random other classes, label+1, or every other class "
+        "(one run of N x (K-1) pairs; best/average/worst case)",
+    )
+    attack.add_argument(
+        "--minimal",
+        action="store_true",
+        help="bounded attack: smallest eps per image on the Table 4 grid (advx.attacks.minimal_eps)",
     )
     attack.add_argument(
         "--n",
@@ -682,12 +687,42 @@ def _record_provenance(store, result, argv) -> None:
 
 
 def _target_sets(args, labels, num_classes: int):
-    """The target tensors of the requested runs: one (``random``/``next``) or K - 1 (``all``)."""
-    if not args.targeted:
-        return [None]
-    if args.targets == "all":
-        return [(labels + shift) % num_classes for shift in range(1, num_classes)]
-    return [args.targets]
+    """The runs' target modes: none, or ``random`` / ``next`` / ``all`` (one run that pairs
+    every image with each other class, the runner's best/average/worst protocol)."""
+    return [args.targets] if args.targeted else [None]
+
+
+def _minimal_info(info: AttackInfo, settings: dict) -> AttackInfo:
+    """The minimal-eps wrapper of a bounded attack for ``--minimal`` (its own hyperparameters
+    and ``refine_steps`` are accepted; ``eps`` is what it searches)."""
+    from .attacks.minimal import as_minimal_attack
+
+    if info.minimal_norm:
+        raise UsageError(f"--minimal: {info.name} is a minimal-norm attack already")
+    if "eps" in settings:
+        raise UsageError("--minimal: searches eps itself; do not --set eps")
+    own = {k: v for k, v in settings.items() if k != "refine_steps"}
+    check_hyperparameters(info, own | {"eps": None})
+    return as_minimal_attack(info)
+
+
+def _distortion_lines(summary: dict) -> list[str]:
+    """Mean L1 / L2 / Linf / elastic-net distance, and the target cases of ``--targets all``."""
+    means = summary.get("mean_norms", {})
+    names = (("l1", "L1"), ("l2", "L2"), ("linf", "Linf"), ("en", "EN"))
+    text = ", ".join(f"{label} {means[k]:.4g}" for k, label in names if k in means)
+    lines = [f"mean distortion over successes: {text}"] if text else []
+    cases = summary.get("target_cases")
+    if cases:
+        lines.append(
+            f"all {cases['targets_per_sample']} targets of {cases['samples']} correctly "
+            "classified images:"
+        )
+        for case in ("best", "average", "worst"):
+            c = cases[case]
+            values = ", ".join(f"{label} {c[k]:.4g}" for k, label in names)
+            lines.append(f"  {case:<8} success {100 * c['success_rate']:.1f}%  {values}")
+    return lines
 
 
 def _command_attack(args: argparse.Namespace) -> int:
@@ -706,7 +741,10 @@ def _command_attack(args: argparse.Namespace) -> int:
         resolve_norm(info, args.norm)
     except ValueError as error:
         raise UsageError(f"--norm: {error}") from None
-    check_hyperparameters(info, settings)
+    if args.minimal:
+        info = _minimal_info(info, settings)
+    else:
+        check_hyperparameters(info, settings)
     if args.targets != "random" and not args.targeted:
         raise UsageError(f"--targets {args.targets}: needs --targeted")
     device = resolve_device(args.device)
@@ -753,7 +791,7 @@ def _command_attack(args: argparse.Namespace) -> int:
         else:
             print(runs_table(runs))
             for run in runs:
-                for line in _budget_lines(run["summary"]):
+                for line in _budget_lines(run["summary"]) + _distortion_lines(run["summary"]):
                     print(line)
                 for warning in (run["summary"] or {}).get("warnings", []):
                     _warn("attack", warning)

@@ -6,6 +6,7 @@ from .convex import bernoulli, bernoulli_noise, gn, gn_box_step, gn_iterative, g
 from .cw import carlini_wagner_l2
 from .ddn import ANU_DEFAULTS, ANU_TARGETED_DEFAULTS, DDN_DEFAULTS, anu, ddn
 from .deepfool import deepfool
+from .ead import cov, ead
 from .gradient import bim, fgm, ifgm, pgd
 from .lbfgs import lbfgs
 from .linearisation import class_gradients
@@ -21,6 +22,8 @@ __all__ = [
     "all_targets",
     "anu",
     "carlini_wagner_l2",
+    "cov",
+    "ead",
     "class_gradients",
     "deepfool",
     "lbfgs",

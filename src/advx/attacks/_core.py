@@ -235,6 +235,21 @@ def attacked_classes(
 
 # --------------------------------------------------------------------------- tracking
 
+DECISION_RULES = ("en", "l1", "l2")
+
+
+def decision_distance(l1: Tensor, squared_l2: Tensor, beta: float, rule: str) -> Tensor:
+    """The distance that ranks successful iterates (Chen et al., AAAI 2018, Sec. 3, "decision
+    rule"): ``'en'`` the elastic-net distance beta * ||delta||_1 + ||delta||_2^2, ``'l1'``
+    ||delta||_1, ``'l2'`` ||delta||_2. Arguments are per-sample (N,) tensors."""
+    if rule == "en":
+        return squared_l2 + beta * l1
+    if rule == "l1":
+        return l1
+    if rule == "l2":
+        return squared_l2.sqrt()
+    raise ValueError(f"decision_rule must be one of {DECISION_RULES}, got {rule!r}")
+
 
 def keep_best(
     best_adv: Tensor, best_norm: Tensor, candidate: Tensor, candidate_norm: Tensor, success: Tensor

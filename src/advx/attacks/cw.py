@@ -14,6 +14,7 @@ from ._core import (
     check_int,
     check_positive,
     contract,
+    decision_distance,
     flat,
     keep_best,
     margin,
@@ -51,6 +52,8 @@ class _Settings:
     steps: int
     lr: float
     abort_early: bool
+    beta: float = 0.0  # weight of an L1 term (the elastic-net COV baseline of EAD); 0 for C&W
+    rule: str = "l2"  # the distance that ranks successful iterates (decision_distance)
 
 
 class _Adam:
@@ -72,22 +75,24 @@ class _Adam:
 
 
 def _objective(
-    model: nn.Module,
-    w: Tensor,
-    inputs: Tensor,
-    labels: Tensor,
-    const: Tensor,
-    targeted: bool,
-    confidence: float,
+    model: nn.Module, w: Tensor, inputs: Tensor, labels: Tensor, const: Tensor, settings: _Settings
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """C&W eq. for L2: ||x - x0||_2^2 + c * f(x) with f = max(margin + kappa, 0) (f_6).
+    """C&W eq. for L2: ||x - x0||_2^2 + c * f(x) with f = max(margin + kappa, 0) (f_6), plus
+    beta * ||x - x0||_1 when ``settings.beta`` > 0 (the change-of-variable elastic-net problem,
+    Chen et al. 2018, Eq. (16) with the tanh parametrisation).
 
-    Returns the per-sample loss (graph attached), the iterate x, its L2 norm and its margin."""
+    Returns the per-sample loss (graph attached), the iterate x, its ranking distance
+    (``settings.rule``; the L2 norm for C&W) and its margin."""
     x = from_tanh_space(w)
-    squared = flat(x - inputs).square().sum(1)
-    margins = margin(model(x), labels, targeted)
-    loss = squared + const * (margins + confidence).clamp_min(0)
-    return loss, x.detach(), squared.detach().sqrt(), margins.detach()
+    delta = flat(x - inputs)
+    squared = delta.square().sum(1)
+    margins = margin(model(x), labels, settings.targeted)
+    loss = squared + const * (margins + settings.confidence).clamp_min(0)
+    l1 = delta.abs().sum(1)
+    if settings.beta > 0:
+        loss = loss + settings.beta * l1
+    distance = decision_distance(l1.detach(), squared.detach(), settings.beta, settings.rule)
+    return loss, x.detach(), distance, margins.detach()
 
 
 def _optimise_const(
@@ -112,9 +117,7 @@ def _optimise_const(
     for step in range(steps):
         w = (w_start + modifier).requires_grad_(True)
         with torch.enable_grad():
-            loss, x, norm, margins = _objective(
-                model, w, inputs, labels, const, settings.targeted, settings.confidence
-            )
+            loss, x, norm, margins = _objective(model, w, inputs, labels, const, settings)
             (grad,) = torch.autograd.grad(loss.sum(), w)
         success = cw_success(margins, settings.confidence)
         found |= success
@@ -166,10 +169,24 @@ def carlini_wagner_l2(
     check_int(binary_search_steps, "binary_search_steps", 1)
     check_int(steps, "steps", 1)
     check_positive(lr, "lr")
+    settings = _Settings(targeted, float(confidence), steps, float(lr), abort_early)
+    return search_constant(model, inputs, labels, settings, float(c_init), binary_search_steps)
+
+
+def search_constant(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    settings: _Settings,
+    c_init: float,
+    binary_search_steps: int,
+) -> Tensor:
+    """The outer loop of C&W (and of its elastic-net variant): a per-sample binary search on c
+    over ``binary_search_steps`` rounds of Adam; returns the best successful iterate per
+    sample (the original input where none was found)."""
     clean_logits = validate(model, inputs, labels)
     inputs = inputs.detach()
-    settings = _Settings(targeted, float(confidence), steps, float(lr), abort_early)
-    clean_success = cw_success(margin(clean_logits, labels, targeted), float(confidence))
+    clean_success = cw_success(margin(clean_logits, labels, settings.targeted), settings.confidence)
     best_norm = torch.where(clean_success, 0.0, float("inf")).to(inputs.dtype)
     best_adv = inputs.clone()
     const = torch.full_like(best_norm, float(c_init))

@@ -12,6 +12,7 @@ from . import convex, gradient
 from .cw import carlini_wagner_l2
 from .ddn import anu, ddn
 from .deepfool import deepfool
+from .ead import cov, ead
 from .lbfgs import lbfgs
 from .trust_region import trust_region
 
@@ -229,5 +230,25 @@ register(
         norms=(2.0, INF),
         paper="Yao, Gholami, Xu, Keutzer & Mahoney, CVPR 2019",
         quick={"steps": 5},
+    )
+)
+register(
+    AttackInfo(
+        name="ead",
+        function=ead,
+        kind=MINIMAL,
+        norms=(1.0,),
+        paper="Chen, Sharma, Zhang, Yi & Hsieh, AAAI 2018",
+        quick={"binary_search_steps": 2, "steps": 10},
+    )
+)
+register(
+    AttackInfo(
+        name="cov",
+        function=cov,
+        kind=MINIMAL,
+        norms=(1.0,),
+        paper="Chen et al., AAAI 2018 (Table 5, change-of-variable baseline)",
+        quick={"binary_search_steps": 2, "steps": 10},
     )
 )

@@ -54,8 +54,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..attacks.registry import ATTACKS, AttackInfo, get_attack
-from ..attacks.targets import all_targets
-from .metrics import norm_name, target_case_summary
+from .metrics import norm_name
 from .store import SAMPLE_COLUMNS, ResultsStore, config_json
 
 if sys.version_info >= (3, 11):
@@ -546,12 +545,6 @@ def _rows(columns: Mapping[str, np.ndarray]) -> list[dict]:
     return [{c: columns[c][k].item() for c in SAMPLE_COLUMNS} for k in range(count)]
 
 
-def _target_cases(samples: Mapping[str, np.ndarray], norm: str, classes: int) -> dict:
-    """Best / average / worst case over the targets of an all-targets run (rows sample-major)."""
-    norms = np.where(samples["success"].astype(bool), samples[norm], np.inf)
-    return target_case_summary(norms.reshape(-1, classes - 1))
-
-
 def execute_job(
     job: Job,
     store: ResultsStore | None = None,
@@ -585,13 +578,7 @@ def execute_job(
         model_key = (job.model, job.checkpoint, str(job_device(job)))
         model = _load_model(*model_key)
         images, labels = _first_correct(model_key, job.dataset, job.split, job.data_dir, job.n)
-        targets = job.targets if job.targets in ("random", "next") else None
-        classes = None
-        if job.targets == "all":
-            with torch.no_grad():
-                classes = int(model(images[:1].to(job_device(job))).shape[1])
-            index, targets = all_targets(labels, classes)
-            images, labels = images[index], labels[index]
+        targets = job.targets if job.targets in ("random", "next", "all") else None
         local = _SeededStore(seed_rows) if store is None else store
         try:
             result = run_attack(
@@ -611,8 +598,6 @@ def execute_job(
                 progress=progress,
             )
             summary = dict(result.summary)
-            if classes is not None:
-                summary["target_cases"] = _target_cases(result.samples, summary["norm"], classes)
             out = {
                 "config": result.config,
                 "summary": summary,
@@ -858,8 +843,11 @@ def _summary_cells(summary: Mapping | None) -> list[str]:
     ]
     cases = summary.get("target_cases")
     if cases:
-        cells[1] = " / ".join(_cell(cases[c]["success_rate"], True) for c in cases)
-        cells[2] = " / ".join(_cell(cases[c]["mean_norm"]) for c in cases)
+        cells[1] = " / ".join(
+            _cell(cases[c]["success_rate"], True) for c in ("best", "average", "worst")
+        )
+        norm = summary.get("norm")
+        cells[2] = " / ".join(_cell(cases[c].get(norm)) for c in ("best", "average", "worst"))
     return cells
 
 

@@ -7,6 +7,8 @@ so a colour pixel counts up to three times) whose absolute change exceeds ``L0_T
 float32 round-off of an image in [0, 1] is about 6e-8, while the smallest meaningful change of an
 8-bit image is 1/255 ~ 3.9e-3, so the tolerance separates rounding noise from real changes.
 Relative norms are ``||delta||_p / ||x||_p`` (0 where both are 0, inf where only x is 0).
+The elastic-net distance ``en`` is ``||delta||_2^2 + beta ||delta||_1`` with the beta of Chen et
+al. (AAAI 2018), ``ELASTIC_NET_BETA = 1e-3``; it is derived from the L1 and L2 columns.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from torch import Tensor
 
 L0_TOLERANCE = 1e-6
 NORM_NAMES = ("l0", "l1", "l2", "linf")
+ELASTIC_NET_BETA = 1e-3
 INF = float("inf")
 
 # Budget check for bounded attacks: ||delta|| <= eps * (1 + rtol) + atol counts as within budget.
@@ -64,8 +67,9 @@ def perturbation_norms(
     originals: Tensor, adversarials: Tensor, tolerance: float = L0_TOLERANCE, p: float = 2.0
 ) -> dict[str, Tensor]:
     """Per-sample L0/L1/L2/Linf norms of ``adversarials - originals``, the relative norms
-    ``rel_l0`` ... ``rel_linf`` = ||delta||_p / ||x||_p, and ``lp``, the norm of the run's own
-    ``p`` (any p >= 1), as float64 (N,) tensors on the CPU."""
+    ``rel_l0`` ... ``rel_linf`` = ||delta||_p / ||x||_p, ``lp``, the norm of the run's own
+    ``p`` (any p >= 1), and the elastic-net distance ``en`` (beta = ``ELASTIC_NET_BETA``), as
+    float64 (N,) tensors on the CPU."""
     if originals.shape != adversarials.shape:
         raise ValueError(
             f"adversarials has shape {tuple(adversarials.shape)}, "
@@ -84,7 +88,14 @@ def perturbation_norms(
         norms["lp"] = norms[name].clone()
     else:
         norms["lp"] = delta.reshape(delta.shape[0], -1).double().norm(p=p, dim=1)
+    norms["en"] = elastic_net(norms["l1"], norms["l2"])
     return norms
+
+
+def elastic_net(l1, l2, beta: float = ELASTIC_NET_BETA):
+    """The elastic-net distance ||delta||_2^2 + beta ||delta||_1 from the L1 and L2 norms
+    (tensors or arrays; Chen et al., AAAI 2018, Eq. (16))."""
+    return l2**2 + beta * l1
 
 
 def within_budget(norms: np.ndarray | Tensor, eps: float) -> np.ndarray:
@@ -145,8 +156,8 @@ def summarize(
     Returns: ``n``, ``clean_accuracy``, ``success_rate`` (over all samples), ``fooling_ratio``
     (among correctly classified inputs, the fraction whose adversarial prediction differs from
     the label), ``norm`` statistics (mean/median/max of the attack's norm, and means of every
-    norm, over successes on correctly classified inputs; misclassified inputs succeed at norm 0
-    and are left out), ``robust_accuracy`` ({eps: accuracy}: for minimal-norm attacks from the
+    norm and of the elastic-net distance ``en``, over successes on correctly classified inputs;
+    misclassified inputs succeed at norm 0 and are left out), ``robust_accuracy`` ({eps: accuracy}: for minimal-norm attacks from the
     per-sample norms at ``epsilons``; for bounded attacks the fraction classified correctly after
     the attack at ``eps``, counting an example outside the budget as a failure; in every mode,
     targeted included, an input stops being robust when its example is misclassified, whether or
@@ -179,6 +190,10 @@ def summarize(
             for name in NORM_NAMES
         },
     }
+    en = elastic_net(
+        np.asarray(samples["l1"], dtype=np.float64), np.asarray(samples["l2"], dtype=np.float64)
+    )
+    summary["mean_norms"]["en"] = float(en[counted].mean()) if counted.any() else math.nan
     if minimal_norm:
         grid = DEFAULT_EPSILONS.get(norm, ()) if epsilons is None else epsilons
         summary["robust_accuracy"] = robust_accuracy_from_norms(
@@ -223,4 +238,48 @@ def target_case_summary(norms: np.ndarray | Tensor | Sequence[Sequence[float]]) 
         "best": case(finite.any(1), values.min(1)),
         "average": case(finite.reshape(-1), values.reshape(-1)),
         "worst": case(finite.all(1), values.max(1)),
+    }
+
+
+def target_case_norms(
+    norms: Mapping[str, Sequence[float] | np.ndarray],
+    success: Sequence[bool] | np.ndarray,
+    targets_per_sample: int,
+    by: str,
+) -> dict:
+    """Best / average / worst case over target classes with every norm of the chosen target
+    (Chen et al., AAAI 2018, Sec. 4.3.2; Carlini & Wagner 2017, Sec. VI).
+
+    ``norms`` maps norm names (``l1``, ``l2``, ``linf``, ``en`` ...) to per-pair values and
+    ``success`` marks the successful pairs, sample-major: ``targets_per_sample`` consecutive
+    pairs per sample (the order of ``advx.attacks.all_targets``). The best (worst) case takes per
+    sample the successful target with the least (largest) norm ``by``; best succeeds when any
+    target did, worst only when all did. The average case is a uniformly drawn target: success
+    over all pairs, norms averaged over the successful pairs. Each case gives ``success_rate``
+    and the mean of every norm over its successes (nan if none).
+    """
+    success = np.asarray(success, dtype=bool)
+    if success.size % targets_per_sample:
+        raise ValueError(
+            f"{success.size} pairs do not split into samples of {targets_per_sample} targets"
+        )
+    values = {
+        name: np.asarray(v, dtype=np.float64).reshape(-1, targets_per_sample)
+        for name, v in norms.items()
+    }
+    ok = success.reshape(-1, targets_per_sample)
+    key = np.where(ok, values[by], np.inf)
+    rows = np.arange(key.shape[0])
+
+    def case(fooled: np.ndarray, picked: dict[str, np.ndarray]) -> dict[str, float]:
+        out = {"success_rate": float(fooled.mean()) if fooled.size else math.nan}
+        for name, chosen in picked.items():
+            out[name] = float(chosen[fooled].mean()) if fooled.any() else math.nan
+        return out
+
+    best, worst = key.argmin(1), np.where(ok, values[by], -np.inf).argmax(1)
+    return {
+        "best": case(ok.any(1), {n: v[rows, best] for n, v in values.items()}),
+        "average": case(ok.reshape(-1), {n: v.reshape(-1) for n, v in values.items()}),
+        "worst": case(ok.all(1), {n: v[rows, worst] for n, v in values.items()}),
     }

@@ -531,18 +531,41 @@ def image_grid(
     return plot_image_grid(first["originals"], chosen, path, first["true_classes"], title)
 
 
+def _all_target_case(run: Mapping) -> dict:
+    """The best/average/worst entry of one ``targets='all'`` run, from its summary."""
+    cases = run["summary"]["target_cases"]
+    norm = run["config"]["norm"]
+    return {
+        "label": run_label(run),
+        "model": run["config"]["model"],
+        "norm": NORM_LABELS.get(norm, norm),
+        "targets": cases["targets_per_sample"],
+        "n": cases["samples"],
+        **{
+            case: {"success_rate": cases[case]["success_rate"], "mean_norm": cases[case][norm]}
+            for case in ("best", "average", "worst")
+        },
+    }
+
+
 def targeted_cases(store: ResultsStore, runs: Sequence[Mapping]) -> list[dict]:
     """Best, average and worst case over target classes (Carlini & Wagner 2017, Sec. VI) for
     each group of targeted runs that differ only in their targets: the (sample, target) norm
     matrix over the samples every run of the group attacked (inf where the attack failed).
 
+    A run made with ``targets='all'`` (every sample towards every other class in one run) is a
+    group of its own, read from its summary.
+
     Returns one dict per group: ``label``, ``model``, ``norm``, ``targets`` (runs in the
-    group), ``n`` and the ``best``/``average``/``worst`` cases of
+    group, or targets per sample), ``n`` and the ``best``/``average``/``worst`` cases of
     :func:`advx.evaluation.metrics.target_case_summary`.
     """
     groups: dict[str, list[Mapping]] = {}
+    cases = []
     for run in runs:
-        if run.get("summary") and run["config"].get("targeted"):
+        if run.get("summary") and run["summary"].get("target_cases"):
+            cases.append(_all_target_case(run))
+        elif run.get("summary") and run["config"].get("targeted"):
             config = run["config"]
             key = repr(
                 (
@@ -554,7 +577,6 @@ def targeted_cases(store: ResultsStore, runs: Sequence[Mapping]) -> list[dict]:
                 )
             )
             groups.setdefault(key, []).append(run)
-    cases = []
     for group in groups.values():
         norm = group[0]["config"]["norm"]
         columns = []

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ..attacks import get_attack
+from ..attacks import all_targets, get_attack
 from ..attacks.registry import BOUNDED, MINIMAL, AttackInfo
 from ..attacks.targets import random_other_classes
 from ..checks import (
@@ -30,11 +30,18 @@ from ..checks import (
     parse_norm,
 )
 from .counting import CountingModel
-from .metrics import norm_name, perturbation_norms, summarize, within_budget
+from .metrics import (
+    elastic_net,
+    norm_name,
+    perturbation_norms,
+    summarize,
+    target_case_norms,
+    within_budget,
+)
 from .sanity import model_warnings
 from .store import SAMPLE_COLUMNS, ResultsStore, run_key
 
-TARGET_MODES = ("random", "next")
+TARGET_MODES = ("random", "next", "all")
 
 
 @dataclass
@@ -106,6 +113,8 @@ def choose_targets(labels: Tensor, num_classes: int, mode: str = "random", seed:
     from a seeded generator) or ``'next'`` ((label + 1) mod K)."""
     if mode == "next":
         return (labels + 1) % num_classes
+    if mode == "all":
+        raise ValueError("targets='all' pairs every sample with every other class: use run_attack")
     if mode != "random":
         raise ValueError(f"targets must be a tensor or one of {TARGET_MODES}, got {mode!r}")
     generator = torch.Generator().manual_seed(seed)
@@ -334,6 +343,20 @@ def _run_batches(job: _Job, keep_images: int, bar) -> tuple[list[dict], Tensor, 
 # ---------------------------------------------------------------------------------- run
 
 
+def target_cases(samples: Mapping[str, np.ndarray], targets_per_sample: int, by: str) -> dict:
+    """Best / average / worst case over the targets of a ``targets='all'`` run (L1, L2, Linf and
+    the elastic-net distance of the chosen target; the target chosen by the norm ``by``), over
+    the correctly classified samples (Chen et al., AAAI 2018, Sec. 4.3.2)."""
+    correct = (samples["clean_pred"] == samples["label"]).reshape(-1, targets_per_sample).all(1)
+    keep = np.repeat(correct, targets_per_sample)
+    norms = {name: samples[name][keep] for name in ("l1", "l2", "linf")}
+    norms["en"] = elastic_net(norms["l1"], norms["l2"])
+    if by not in norms:  # a run in another p: its own column
+        norms[by] = samples["lp"][keep]
+    cases = target_case_norms(norms, samples["success"][keep], targets_per_sample, by)
+    return cases | {"samples": int(correct.sum()), "targets_per_sample": targets_per_sample}
+
+
 def run_attack(
     model: nn.Module,
     images: Tensor,
@@ -363,7 +386,10 @@ def run_attack(
     not count as a success. With a ``store``, rows are committed per batch and a run with the same
     configuration (model name, attack, norm, targeted, hyperparameters, data, seed, batch size)
     skips the samples already stored. ``targets``: a tensor of target classes, or ``'random'``
-    (default when targeted) / ``'next'``. ``data_spec`` identifies the data in the run key
+    (default when targeted) / ``'next'``, or ``'all'``: every sample is attacked towards each of
+    the K - 1 other classes (``advx.attacks.all_targets``; the sample rows are then the pairs)
+    and ``summary['target_cases']`` holds the best, average and worst case
+    (:func:`target_cases`). ``data_spec`` identifies the data in the run key
     (default: a fingerprint of images, labels and targets). ``epsilons``: where to read robust
     accuracy for minimal-norm attacks. The first ``keep_images`` examples are stored as images.
     """
@@ -379,6 +405,10 @@ def run_attack(
     with attack_mode(model), torch.no_grad():
         num_classes = forward(model, images[:1].to(device), "images").shape[1]
     check_labels(labels, images.shape[0], num_classes)
+    every_target = targeted and isinstance(targets, str) and targets == "all"
+    if every_target:
+        index, targets = all_targets(labels.cpu(), num_classes)
+        images, labels = images[index.to(images.device)], labels[index.to(labels.device)]
     targets = _resolve_targets(targeted, targets, labels, num_classes, seed)
     kwargs = {**hyperparameters, "targeted": targeted}
     if pass_norm:
@@ -405,6 +435,8 @@ def run_attack(
         samples, norm=plan.norm, minimal_norm=info.minimal_norm, eps=eps, epsilons=epsilons
     )
     summary["attack"], summary["model"] = info.name, config["model"]
+    if every_target:
+        summary["target_cases"] = target_cases(samples, num_classes - 1, plan.norm)
     summary["warnings"] = model_warnings(model, images, labels, device)
     if store is not None:
         store.finish_run(run_id, summary)
