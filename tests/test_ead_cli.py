@@ -1,4 +1,4 @@
-"""advx attack --minimal (minimal eps of a bounded attack) and --all-targets from the CLI."""
+"""advx attack --minimal (minimal eps of a bounded attack) and --targeted --targets all from the CLI."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def demo_data(monkeypatch):
 def test_minimal_fgm_all_targets(tmp_path, capsys, demo_data):
     db = tmp_path / "r.sqlite"
     argv = ["attack", "--model", "mnist-cnn", "--attack", "fgm", "--norm", "inf", "--minimal"]
-    argv += ["--all-targets", "--n", "2", "--db", str(db), "--quiet"]
+    argv += ["--targeted", "--targets", "all", "--n", "2", "--db", str(db), "--quiet"]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "fgm-minimal" in out and "all 9 targets of 2 correctly classified images" in out
