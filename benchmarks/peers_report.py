@@ -57,7 +57,7 @@ def _tr_check(rows: dict[str, dict]) -> str | None:
     )
 
 
-def render(rows: dict[tuple[str, str, str], dict]) -> str:
+def render(rows: dict[tuple[str, str, str], dict], notes: list[str] = ()) -> str:
     lines = [
         "# advx against peer libraries",
         "",
@@ -87,6 +87,8 @@ def render(rows: dict[tuple[str, str, str], dict]) -> str:
             if family == "tr" and (check := _tr_check(family_rows)):
                 checks.append(check)
         lines += ["", *checks, ""] if checks else [""]
+    if notes:
+        lines += ["## Notes", "", *[f"- {note}" for note in notes], ""]
     return "\n".join(lines)
 
 
@@ -94,10 +96,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results", default="results/peers/results.jsonl")
     parser.add_argument("--out", default="docs/results/peers.md")
+    parser.add_argument("--note", action="append", default=[], help="a line for the notes")
     args = parser.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(_load(Path(args.results))))
+    out.write_text(render(_load(Path(args.results)), args.note))
     print(f"wrote {out}")
 
 

@@ -28,6 +28,7 @@ from .linearisation import (  # noqa: F401  (candidate_classes, class_gradients:
     candidate_classes,
     class_gradients,
     column_gradients,
+    forward_with_graph,
 )
 
 # --------------------------------------------------------------------------- DeepFool
@@ -37,18 +38,11 @@ STEP_EPSILON = 1e-4
 foolbox): an iterate on a linearised boundary, or one whose step the box clips, still crosses."""
 
 
-def _forward_with_graph(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(x as a leaf that requires grad, the logits at x with their graph): one forward pass."""
-    x = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        return x, model(x)
-
-
 def _candidate_margins(
     x: Tensor, logits: Tensor, classes: Tensor
 ) -> tuple[Tensor, Callable[[], Tensor]]:
     """The margins z_k - z_c0 for the candidates k = classes[:, 1:] at x (``logits`` must carry
-    the graph of ``_forward_with_graph``) and a closure giving their input gradients (C-1
+    the graph of ``forward_with_graph``) and a closure giving their input gradients (C-1
     batched backward passes, vmapped on accelerators: ``column_gradients``), so that the
     backward passes are only paid when some sample still needs a step."""
     with torch.enable_grad():
@@ -118,7 +112,7 @@ def _run_deepfool(
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        xg, graph_logits = _forward_with_graph(model, x[idx])
+        xg, graph_logits = forward_with_graph(model, x[idx])
         logits = graph_logits.detach()
         if classes is None:  # iteration 0: every sample is active and x is the clean input
             classes = candidate_classes(logits, labels if targets is None else targets, candidates)

@@ -121,6 +121,14 @@ def class_gradients(
     return values.detach(), column_gradients(selected, x, vectorize)
 
 
+def forward_with_graph(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """(x as a leaf that requires grad, the logits at x with their graph): one forward pass
+    whose backward passes the caller takes only when it needs them."""
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        return x, model(x)
+
+
 def candidate_classes(logits: Tensor, first: Tensor, count: int) -> Tensor:
     """(N, count) classes: ``first`` in column 0, then the ``count - 1`` highest-logit other
     classes in decreasing order of logit (DeepFool's restriction to the top classes)."""
@@ -157,4 +165,5 @@ __all__ = [
     "class_gradients",
     "column_gradients",
     "distance_over_norm",
+    "forward_with_graph",
 ]

@@ -26,8 +26,9 @@ from .._core import (
     update_best,
     view_like,
 )
-from ..linearisation import class_gradients, distance_over_norm
+from ..linearisation import class_gradients, distance_over_norm, forward_with_graph
 from .krylov import _hvp, gltr, steihaug_cg
+from .refine import _bisect_towards_input
 
 # Relative defaults (fractions of the first linearised distance d0 of each sample), used where
 # radius / radius_min / radius_max are None; see ``trust_region``.
@@ -198,13 +199,6 @@ def _best_class(
     return column + 1, f[rows, column], w[rows, column], gn
 
 
-def _forward_with_graph(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """(x as a leaf that requires grad, the logits at x with their graph): one forward pass."""
-    xg = x.detach().requires_grad_(True)
-    with torch.enable_grad():
-        return xg, model(xg)
-
-
 def _nearest_by_stale_norms(
     xg: Tensor, logits: Tensor, keep: Tensor, classes: Tensor, norms: Tensor, x: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -331,7 +325,7 @@ def run_iterations(
         if full or (mode == "hardest" and it == 0):
             logits, grads = class_gradients(model, xi, classes[idx])
         elif mode == "best":
-            xg, logits = _forward_with_graph(model, xi)
+            xg, logits = forward_with_graph(model, xi)
             logits_graph, logits = logits, logits.detach()
         else:
             logits, t, f, g, xg = _pair_gradient(
@@ -421,15 +415,9 @@ def _search_last_step(
     if rows.numel() == 0:
         return
     attacked = settings.targets[rows] if settings.mode == "fixed" else None
-    start, end, y = previous[rows], adv[rows], labels[rows]
-    low = torch.zeros(rows.numel(), dtype=adv.dtype, device=adv.device)
-    high = torch.ones_like(low)
-    for _ in range(settings.final_search):
-        mid = (low + high) / 2
-        with torch.no_grad():
-            hit = reaches(model(start + view_like(mid, end) * (end - start)), y, attacked)
-        high, low = torch.where(hit, mid, high), torch.where(hit, low, mid)
-    found = start + view_like(high, end) * (end - start)
+    found = _bisect_towards_input(
+        model, previous[rows], adv[rows], labels[rows], attacked, settings.final_search
+    )
     adv[rows] = found
     norms[rows] = lp_norm(found - inputs[rows], settings.p)
 
