@@ -240,3 +240,19 @@ register(
         quick={"steps": 5},
     )
 )
+
+# black-box attacks (thesis ch. 3)
+from .zoo import zoo  # noqa: E402
+
+register(
+    AttackInfo(
+        name="zoo",
+        function=zoo,
+        kind=MINIMAL,
+        norms=(2.0,),
+        access=BLACK_BOX,
+        randomized=True,
+        paper="Chen, Zhang, Sharma, Yi & Hsieh, AISec 2017 (ZOO)",
+        quick={"binary_search_steps": 2, "steps": 5, "coordinates": 16},
+    )
+)

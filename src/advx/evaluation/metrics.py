@@ -137,7 +137,9 @@ def summarize(
     per-sample norms at ``epsilons``; for bounded attacks the fraction classified correctly after
     the attack at ``eps``, counting an example outside the budget as a failure),
     ``all_within_budget`` and ``max_norm`` (bounded attacks), ``seconds_per_sample``,
-    ``forwards_per_sample``, ``backwards_per_sample``.
+    ``forwards_per_sample``, ``backwards_per_sample`` and ``queries_per_sample`` (images the
+    model evaluated for each sample: counted per sample by black-box attacks' QueryModel, the
+    batch's forward share otherwise).
     """
     label = np.asarray(samples["label"], dtype=np.int64)
     correct = np.asarray(samples["clean_pred"], dtype=np.int64) == label
@@ -175,7 +177,9 @@ def summarize(
         summary["eps"] = float(eps)
     else:
         summary["robust_accuracy"] = {}
-    for column in ("seconds", "forwards", "backwards"):
+    for column in ("seconds", "forwards", "backwards", "queries"):
+        if column not in samples:
+            continue
         values = np.asarray(samples[column], dtype=np.float64)
         summary[f"{column}_per_sample"] = float(values.mean()) if n else math.nan
     return summary

@@ -80,6 +80,7 @@ COLUMNS: list[tuple[str, Callable[[Mapping], str]]] = [
     ("s/sample", lambda r: _number(r["summary"]["seconds_per_sample"])),
     ("fwd/s", lambda r: _number(r["summary"]["forwards_per_sample"])),
     ("bwd/s", lambda r: _number(r["summary"]["backwards_per_sample"])),
+    ("queries/s", lambda r: _number(r["summary"].get("queries_per_sample"))),
 ]
 
 

@@ -40,6 +40,7 @@ SAMPLE_COLUMNS = (
     "seconds",
     "forwards",
     "backwards",
+    "queries",
 )
 _INT_COLUMNS = {"sample_index", "label", "target", "clean_pred", "adv_pred", "success"}
 
@@ -139,7 +140,16 @@ class ResultsStore:
         self.connection.row_factory = sqlite3.Row
         self.connection.execute("PRAGMA foreign_keys = ON")
         self.connection.executescript(_SCHEMA)
+        self._add_missing_columns()
         self.connection.commit()
+
+    def _add_missing_columns(self) -> None:
+        """Databases written before a sample column existed get it (NULL in old rows)."""
+        present = {row[1] for row in self.connection.execute("PRAGMA table_info(samples)")}
+        for column in SAMPLE_COLUMNS:
+            if column not in present:
+                kind = "INTEGER" if column in _INT_COLUMNS else "REAL"
+                self.connection.execute(f"ALTER TABLE samples ADD COLUMN {column} {kind}")
 
     def __enter__(self) -> ResultsStore:
         return self
