@@ -241,12 +241,15 @@ def to_image(problem: _Problem, y: Tensor, rows: Tensor, size: tuple[int, int] |
 
 
 def objective(problem: _Problem, x: Tensor, rows: Tensor, const: Tensor):
-    """Per-probe loss ||x - x0||^2 + c * max(margin, -kappa) (Eq. 10-11 on log F), its squared
-    distance and margin; one query per row of ``x``, counted for sample ``rows``."""
+    """Per-probe loss ||x - x0||^2 + c * max(margin + kappa, 0), its squared distance and
+    margin; one query per row of ``x``, counted for sample ``rows``. The hinge is Eq. 10-11's
+    max(margin, -kappa) on log F shifted by kappa (the same minimiser, and a loss >= 0, which
+    the relative early-abort test needs)."""
     log_p = problem.query.log_probabilities(x, rows)
     margins = margin(log_p, problem.labels[rows], problem.settings.targeted)
     squared = flat(x - problem.inputs[rows]).square().sum(1)
-    loss = squared + const[rows] * margins.clamp_min(-problem.settings.confidence)
+    kappa = problem.settings.confidence
+    loss = squared + const[rows] * (margins + kappa).clamp_min(0.0)
     return loss, squared, margins
 
 
@@ -378,7 +381,7 @@ def _weights(problem: _Problem, state: _CoordinateState, rows: Tensor) -> Tensor
     return importance_weights(y)
 
 
-def _iterate(problem, state, rows, const, counter, best, found, step_found):
+def _iterate(problem, state, rows, const, counter, best, found):
     """One ZOO iteration for the samples ``rows`` (in groups bounded by _PROBE_ROWS probes):
     choose coordinates, estimate, record successes, reset Adam at a first success, update."""
     s = problem.settings
@@ -398,8 +401,7 @@ def _iterate(problem, state, rows, const, counter, best, found, step_found):
         adv_part, norm_part = best.adv[part], best.norm[part]
         update_best(adv_part, norm_part, image, squared.sqrt(), success)
         best.adv[part], best.norm[part] = adv_part, norm_part
-        first = success & ~step_found[part]
-        step_found[part] |= success
+        first = success & ~found[part]
         found[part] |= success
         if s.solver == "adam" and s.reset_adam and bool(first.any()):
             which = torch.zeros_like(found)
@@ -425,7 +427,6 @@ def _optimise_const(problem: _Problem, const: Tensor, best: _Best, alive: Tensor
     channels = problem.inputs.shape[1]
     image = tuple(problem.inputs.shape[-2:]) if s.start_size is not None else None
     found = torch.zeros(n, dtype=torch.bool, device=problem.inputs.device)
-    step_found = found.clone()
     active = alive.clone()
     previous = torch.full((n,), float("inf"), dtype=problem.inputs.dtype, device=found.device)
     check_every = max(s.steps // 10, 1)
@@ -439,7 +440,7 @@ def _optimise_const(problem: _Problem, const: Tensor, best: _Best, alive: Tensor
             break
         rows = active.nonzero().squeeze(1)
         counter = step * (s.steps + 1) + iteration
-        loss = _iterate(problem, state, rows, const, counter, best, found, step_found)
+        loss = _iterate(problem, state, rows, const, counter, best, found)
         if s.abort_early and iteration % check_every == 0:
             stalled = loss > previous[rows] * 0.9999
             active[rows[stalled]] = False
