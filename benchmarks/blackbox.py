@@ -382,6 +382,11 @@ NOTES = """
   (the budget of the ART probe in shared/PROBES.md), not the thesis's 9 x 3000 from c = 0.01;
   white-box C&W ran the thesis's 9 x 1000 from 0.01. So the L2 comparison is of a
   budget-limited ZOO against a fully searched C&W.
+- ART's ZooAttack (abort_early=True, as advx's) stopped each of its binary-search steps after
+  31 iterations on every image here (23,904 = 3 x 31 x 257 + 3 queries per image), so it spent
+  about a tenth of the 3 x 300 x 257 query budget that advx's ZOO used. A run of ART with
+  abort_early=False (the whole budget) would take over an hour per image at its ~50 queries/s
+  here, so it was not run; its per-query speed is in the table (queries / seconds).
 - The substitute ran 4 rounds (3 Jacobian augmentations, 150 -> 1200 images) instead of the
   thesis's 6 (5 augmentations), to fit the machine.
 - Not run: targeted attacks (each of the 9 targets per image costs as much as an untargeted
