@@ -396,6 +396,29 @@ NOTES = """
 """
 
 
+def _substitute_rounds(results, args) -> int:
+    rows = [r for k, r in results.items() if k.endswith("|substitute-training")]
+    return len(rows[0]["history"]) if rows else args.rounds
+
+
+def _side_by_side(results, model_name):
+    """ART ZooAttack against advx ZOO-Adam on the images both attacked (untargeted)."""
+    art = {
+        r["key"].rsplit("|", 1)[1]: r for r in _rows(results, model_name, "ART ZooAttack", False)
+    }
+    ours = {r["key"].rsplit("|", 1)[1]: r for r in _rows(results, model_name, "ZOO-Adam", False)}
+    common = sorted(set(art) & set(ours))
+    if not common:
+        return None
+    side = {"n": len(common)}
+    for name, rows in (("art", art), ("ours", ours)):
+        side[f"{name}_ok"] = sum(bool(rows[k]["success"]) for k in common)
+        side[f"{name}_s"] = statistics.mean(rows[k]["seconds"] for k in common)
+        side[f"{name}_q"] = statistics.mean(rows[k]["queries"] for k in common)
+    side["ratio"] = side["art_s"] / side["ours_s"]
+    return side
+
+
 def _verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("HOLDS" if ok else "FAILS")
 
@@ -415,26 +438,14 @@ def _targets(results, model_name):
             f"- Mean L2 within 5% of white-box C&W: {100 * excess:+.1f}% on {pair[0]} images: "
             f"{_verdict(excess <= 0.05)}."
         )
-    art = _summary(_rows(results, model_name, "ART ZooAttack", False))
-    if art and ours:
-        common = sorted(art["keys"] & ours["keys"])
-        a = {
-            r["key"].rsplit("|", 1)[1]: r
-            for r in _rows(results, model_name, "ART ZooAttack", False)
-        }
-        b = {r["key"].rsplit("|", 1)[1]: r for r in _rows(results, model_name, "ZOO-Adam", False)}
-        if common:
-            a_ok = sum(a[k]["success"] for k in common)
-            b_ok = sum(b[k]["success"] for k in common)
-            ratio = statistics.mean(a[k]["seconds"] for k in common) / statistics.mean(
-                b[k]["seconds"] for k in common
-            )
-            lines.append(
-                f"- >= 10x less wall time than ART ZooAttack at equal or higher success, on the "
-                f"{len(common)} images both ran: ART {a_ok}/{len(common)} fooled, advx "
-                f"{b_ok}/{len(common)}; ART / advx seconds per image {ratio:.2f}x: "
-                f"{_verdict(b_ok >= a_ok and ratio >= 10)}."
-            )
+    side = _side_by_side(results, model_name)
+    if side:
+        lines.append(
+            f"- >= 10x less wall time than ART ZooAttack at equal or higher success, on the "
+            f"{side['n']} images both ran: ART fooled {side['art_ok']}, advx {side['ours_ok']}; "
+            f"ART / advx seconds per image {side['ratio']:.2f}x: "
+            f"{_verdict(side['ours_ok'] >= side['art_ok'] and side['ratio'] >= 10)}."
+        )
     for key, r in results.items():
         if key.startswith(f"{model_name}|throughput"):
             lines.append(
@@ -511,16 +522,15 @@ def report(args, results):
                     f"- {row} vs white-box C&W, untargeted, on the {p[0]} images both fooled: "
                     f"mean L2 {p[1]:.4f} vs {p[2]:.4f} ({100 * (p[1] / p[2] - 1):+.1f}%)."
                 )
-        art = _summary(_rows(results, model_name, "ART ZooAttack", False))
-        ours = _summary(_rows(results, model_name, "ZOO-Adam", False))
-        if art and ours:
-            common = art["keys"] & ours["keys"]
+        side = _side_by_side(results, model_name)
+        if side:
             pairs.append(
-                f"- ART ZooAttack vs advx ZOO-Adam, same images ({len(common)} in both), same "
-                f"budget: success {art['success']:.1f}% vs {ours['success']:.1f}%, "
-                f"{art['seconds']:.1f} s vs {ours['seconds']:.1f} s per image "
-                f"(ratio {art['seconds'] / ours['seconds']:.2f}x), "
-                f"{art['queries']:.4g} vs {ours['queries']:.4g} queries per image."
+                f"- ART ZooAttack vs advx ZOO-Adam on the {side['n']} images both attacked, same "
+                f"budget: fooled {side['art_ok']} vs {side['ours_ok']}, "
+                f"{side['art_s']:.1f} s vs {side['ours_s']:.1f} s per image (ART / advx "
+                f"{side['ratio']:.2f}x), {side['art_q']:.4g} vs {side['ours_q']:.4g} queries per "
+                f"image, {side['art_q'] / side['art_s']:.0f} vs {side['ours_q'] / side['ours_s']:.0f}"
+                " queries/s."
             )
         tp = [r for k, r in results.items() if k.startswith(f"{model_name}|throughput")]
         for r in tp:
