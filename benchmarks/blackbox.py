@@ -466,9 +466,17 @@ def report(args, results):
         "",
         "Commands:",
         "",
-        "    python benchmarks/blackbox.py --parts throughput zoo-adam cw substitute zoo-newton",
-        "    PYTHONPATH=src /work/peers-venv/bin/python benchmarks/blackbox.py --parts art",
+        "    python benchmarks/blackbox.py --parts throughput zoo-adam          # --n 5",
+        "    python benchmarks/blackbox.py --parts cw substitute --n 3 --rounds 4",
+        "    python benchmarks/blackbox.py --parts cw --n 4",
+        "    PYTHONPATH=src /work/peers-venv/bin/python benchmarks/blackbox.py --parts art "
+        "--zoo-n 4",
+        "    python benchmarks/blackbox.py --parts zoo-newton --newton-n 1",
         "    python benchmarks/blackbox.py --parts report",
+        "",
+        "(each part skips the rows already stored, so the runs above resumed one another; "
+        "the image set is the first correctly classified test images, so --n 3 is a prefix "
+        "of --n 5.)",
         "",
         f"Settings: ZOO {args.zoo_search} binary-search steps x {args.zoo_steps} iterations, "
         f"B = 128, h = 1e-4, lr {args.zoo_lr} (Newton {args.newton_lr}), c from "
