@@ -14,6 +14,7 @@ from .registry import ATTACKS, AttackInfo, get_attack
 from .regression import regression_attack
 from .targets import all_targets, select_targets
 from .trust_region import trust_region, update_radius
+from .zoo import zoo
 
 __all__ = [
     "ANU_DEFAULTS",
@@ -49,4 +50,5 @@ __all__ = [
     "margin",
     "parse_norm",
     "pgd",
+    "zoo",
 ]

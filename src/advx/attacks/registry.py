@@ -15,6 +15,7 @@ from .deepfool import deepfool
 from .ead import cov, ead
 from .lbfgs import lbfgs
 from .trust_region import trust_region
+from .zoo import zoo
 
 INF = float("inf")
 MINIMAL = "minimal-norm"
@@ -250,5 +251,18 @@ register(
         norms=(1.0,),
         paper="Chen et al., AAAI 2018 (Table 5, change-of-variable baseline)",
         quick={"binary_search_steps": 2, "steps": 10},
+    )
+)
+
+register(
+    AttackInfo(
+        name="zoo",
+        function=zoo,
+        kind=MINIMAL,
+        norms=(2.0,),
+        access=BLACK_BOX,
+        randomized=True,
+        paper="Chen, Zhang, Sharma, Yi & Hsieh, AISec 2017 (ZOO)",
+        quick={"binary_search_steps": 2, "steps": 5, "coordinates": 16},
     )
 )

@@ -163,7 +163,9 @@ def summarize(
     targeted included, an input stops being robust when its example is misclassified, whether or
     not it reached the target),
     ``all_within_budget`` and ``max_norm`` (bounded attacks), ``seconds_per_sample``,
-    ``forwards_per_sample``, ``backwards_per_sample``.
+    ``forwards_per_sample``, ``backwards_per_sample`` and ``queries_per_sample`` (images the
+    model evaluated for each sample: counted per sample by black-box attacks' QueryModel, the
+    batch's forward share otherwise).
     """
     label = np.asarray(samples["label"], dtype=np.int64)
     correct = np.asarray(samples["clean_pred"], dtype=np.int64) == label
@@ -208,7 +210,9 @@ def summarize(
         summary["eps"] = float(eps)
     else:
         summary["robust_accuracy"] = {}
-    for column in ("seconds", "forwards", "backwards"):
+    for column in ("seconds", "forwards", "backwards", "queries"):
+        if column not in samples:
+            continue
         values = np.asarray(samples[column], dtype=np.float64)
         summary[f"{column}_per_sample"] = float(values.mean()) if n else math.nan
     return summary

@@ -245,7 +245,8 @@ def cost_text(run: Mapping) -> str:
     """Gradients per sample for white-box attacks, queries (forward passes) for black-box."""
     summary = run.get("summary") or {}
     if attack_access(run["config"]["attack"]) == "black-box":
-        value, unit = summary.get("forwards_per_sample"), "quer"
+        value = summary.get("queries_per_sample", summary.get("forwards_per_sample"))
+        unit = "quer"
         return f"{_number(value)} {unit}{'y' if value == 1 else 'ies'}"
     value = summary.get("backwards_per_sample")
     return f"{_number(value)} gradient{'' if value == 1 else 's'}"
@@ -327,12 +328,17 @@ COLUMNS: list[tuple[str, Callable[[Mapping], str]]] = [
     ("s/sample", _summary_value("seconds_per_sample", _number)),
     ("forward passes/sample", _summary_value("forwards_per_sample", _number)),
     ("backward passes/sample", _summary_value("backwards_per_sample", _number)),
+    ("queries/sample", _summary_value("queries_per_sample", _number)),
 ]
 
 # The HTML/Markdown runs table: the text table's columns with the cost as gradients or queries
 # and the runner's warnings.
 WIDE_COLUMNS: list[tuple[str, Callable[[Mapping], str]]] = [
-    *(c for c in COLUMNS if c[0] not in ("forward passes/sample", "backward passes/sample")),
+    *(
+        c
+        for c in COLUMNS
+        if c[0] not in ("forward passes/sample", "backward passes/sample", "queries/sample")
+    ),
     ("gradients or queries/sample", cost_text),
     ("warnings", warnings_text),
 ]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from ..attacks import all_targets, get_attack
 from ..attacks.registry import BOUNDED, MINIMAL, AttackInfo
 from ..attacks.targets import random_other_classes
+from ..blackbox.query import QueryModel
 from ..checks import (
     BOX_TOLERANCE,
     INF,
@@ -163,7 +164,7 @@ def _batch_rows(
     adv_pred: Tensor,
     success: Tensor,
     norms: dict[str, Tensor],
-    cost: dict[str, float],
+    cost: dict[str, float | list[float]],
 ) -> list[dict]:
     n = len(indices)
     columns = {
@@ -177,7 +178,9 @@ def _batch_rows(
     rows = []
     for k, index in enumerate(indices):
         row = {name: values[k] for name, values in columns.items()}
-        row.update(sample_index=index, **cost)
+        row.update(
+            sample_index=index, **{c: v[k] if isinstance(v, list) else v for c, v in cost.items()}
+        )
         rows.append(row)
     return rows
 
@@ -208,8 +211,10 @@ def _attack_batch(
     clean_pred = _predict(model, x)
     torch.manual_seed(plan.seed + batch_index)
     counter.reset()
+    # black-box attacks get query access, counted per sample (one query = one image evaluated)
+    access = QueryModel(counter) if plan.info.black_box else counter
     start = time.perf_counter()
-    adversarials = plan.info.function(counter, x, t if t is not None else y, **plan.kwargs)
+    adversarials = plan.info.function(access, x, t if t is not None else y, **plan.kwargs)
     seconds = time.perf_counter() - start
     check_adversarials(adversarials, x)
     adversarials = adversarials.detach()
@@ -224,8 +229,16 @@ def _attack_batch(
         "seconds": seconds / n,
         "forwards": counter.forward_samples / n,
         "backwards": counter.backward_samples / n,
+        "queries": _queries(access, n) if plan.info.black_box else counter.forward_samples / n,
     }
     return adversarials, cost, clean_pred.cpu(), adv_pred.cpu(), success.cpu(), norms
+
+
+def _queries(access: QueryModel, n: int) -> list[float]:
+    """Per-sample query counts of a batch of n samples."""
+    counts = torch.zeros(n, dtype=torch.float64)
+    counts[: min(n, access.queries.numel())] = access.queries[:n].to(torch.float64)
+    return counts.tolist()
 
 
 def _columns(rows: Iterable[Mapping]) -> dict[str, np.ndarray]:

@@ -41,6 +41,7 @@ SAMPLE_COLUMNS = (
     "seconds",
     "forwards",
     "backwards",
+    "queries",
 )
 _INT_COLUMNS = {"sample_index", "label", "target", "clean_pred", "adv_pred", "success"}
 
