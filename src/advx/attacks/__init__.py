@@ -8,6 +8,7 @@ from .ddn import ANU_DEFAULTS, ANU_TARGETED_DEFAULTS, DDN_DEFAULTS, anu, ddn
 from .deepfool import class_gradients, deepfool
 from .gradient import bim, fgm, ifgm, pgd
 from .lbfgs import lbfgs
+from .linear_region import linear_region
 from .registry import ATTACKS, AttackInfo, get_attack
 from .regression import regression_attack
 from .targets import all_targets, select_targets
@@ -23,6 +24,7 @@ __all__ = [
     "class_gradients",
     "deepfool",
     "lbfgs",
+    "linear_region",
     "select_targets",
     "trust_region",
     "update_radius",

@@ -13,6 +13,7 @@ from .cw import carlini_wagner_l2
 from .ddn import anu, ddn
 from .deepfool import deepfool
 from .lbfgs import lbfgs
+from .linear_region import linear_region
 from .trust_region import trust_region
 
 INF = float("inf")
@@ -238,5 +239,16 @@ register(
         norms=(2.0, INF),
         paper="Yao, Gholami, Xu, Keutzer & Mahoney, CVPR 2019",
         quick={"steps": 5},
+    )
+)
+register(
+    AttackInfo(
+        name="linear-region",
+        function=linear_region,
+        kind=MINIMAL,
+        norms=(1.0, 2.0, INF),
+        randomized=True,
+        paper="Croce & Hein, GCPR 2018 (rLR-QP)",
+        quick={"n1": 1, "n2": 1, "n3": 1, "n4": 1, "target_classes": "init"},
     )
 )
