@@ -40,7 +40,7 @@ from .attacks._core import (
     parse_norm,
     validate,
 )
-from .attacks.linear_region.attack import EXTENSIONS, warm_start
+from .attacks.linear_region.attack import EXTENSIONS, robustly_adversarial, warm_start
 from .attacks.linear_region.geometry import float64_layers
 
 AFFINE = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten)
@@ -632,7 +632,7 @@ def _verified(model, z: np.ndarray, x: np.ndarray, source: int, targeted: bool, 
     with torch.no_grad():
         logits = model(batch.to(like.device))
     labels = torch.full((len(EXTENSIONS),), source, device=logits.device)
-    ok = is_adversarial(logits, labels, targeted).cpu().numpy()
+    ok = robustly_adversarial(logits, labels, targeted).cpu().numpy()
     return batch[int(np.argmax(ok))] if ok.any() else None
 
 

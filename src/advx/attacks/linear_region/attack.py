@@ -92,6 +92,17 @@ def _sample_ball(
     return direction / length * scale * radius.reshape(n, 1, 1)
 
 
+def robustly_adversarial(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
+    """Adversarial with a logit margin above 100 ulp of the logits' scale, so that the verdict
+    does not flip with the rounding of another batch composition (points from the region
+    programs lie on the decision boundary)."""
+    eps = torch.finfo(logits.dtype).eps
+    tol = 100 * eps * (1 + logits.abs().amax(1))
+    chosen = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], -INF).amax(1)
+    return chosen - others > tol if targeted else others - chosen > tol
+
+
 # --------------------------------------------------------------------------- one region
 
 
@@ -188,15 +199,15 @@ class _Search:
 
     def check(self, z: np.ndarray, sample: _Sample, target: int) -> np.ndarray | None:
         """The region solution, lengthened by the least of ``EXTENSIONS`` that makes the model
-        (in the inputs' dtype) reach ``target`` (targeted) or leave the source class; None if
-        none does."""
+        (in the inputs' dtype) reach ``target`` (targeted) or leave the source class with a
+        margin above its rounding error (``robustly_adversarial``); None if none does."""
         delta = z - sample.x
         candidates = np.stack([np.clip(sample.x + (1 + e) * delta, 0, 1) for e in EXTENSIONS])
         batch = torch.as_tensor(candidates).to(self.inputs.dtype).reshape(-1, *self.shape)
         with torch.no_grad():
             logits = self.model(batch.to(self.inputs.device))
         labels = torch.full((len(EXTENSIONS),), sample.source, device=logits.device)
-        ok = is_adversarial(logits, labels, self.settings.targeted).cpu().numpy()
+        ok = robustly_adversarial(logits, labels, self.settings.targeted).cpu().numpy()
         if not ok.any():
             return None
         return batch[int(np.argmax(ok))].reshape(-1).double().numpy()
