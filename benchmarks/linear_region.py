@@ -185,6 +185,17 @@ def report(args) -> None:
     ]
     lines += _solver_section(rows)
     lines += _table1_section(rows)
+    lines += [
+        "## Not measured here",
+        "",
+        "- Table 2 (1x/5x/10x1024 MLPs, plain and PGD-L2 adversarially trained, MNIST and "
+        "CIFAR-10) and Table 3 (repeated applications on MNIST 1x1024-at): not run (the 5x/10x1024 "
+        "MNIST models are registered but not trained; no adversarially trained variants). The "
+        "German Traffic Sign data is not available here.",
+        "- adv-lib's FAB as a Table 1 anchor: not run.",
+        "- Ratios are taken over the images whose MIP finished with status optimal only; images "
+        "with a time limit are counted above but excluded from the ratios.",
+    ]
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -229,28 +240,48 @@ def _table1_section(rows) -> list[str]:
                    f"{_median([r['seconds'] for r in mips.values()])}.")  # fmt: skip
         out.append("")
         out.append("| attack | s / image | mean / max ratio vs MIP (proven-optimal images) | "
-                   "images | paper mean / max |")  # fmt: skip
-        out.append("|---|---|---|---|---|")
-        for r in rows:
-            if r.get("table") != 1 or r["model"] != name or r["norm"] not in (2, "2"):
-                continue
+                   "images | mean / max ratio vs best known (all images) | paper mean / max |")  # fmt: skip
+        out.append("|---|---|---|---|---|---|")
+        l2_rows = [r for r in rows if r.get("table") == 1 and r["model"] == name
+                   and r["norm"] in (2, "2")]  # fmt: skip
+        best = _best_known(l2_rows, mips)
+        for r in l2_rows:
             ratios = [n / optimal[i]["norm_value"] for i, n in zip(r["images"], r["norms"])
                       if i in optimal and optimal[i]["norm_value"] > 0]  # fmt: skip
+            known = [n / best[i] for i, n in zip(r["images"], r["norms"]) if best.get(i, 0) > 0]
             paper = PAPER_TABLE1.get(name, {}).get(r["attack"].replace("-L2", ""))
             paper_cell = f"{paper[0]:.4f} / {paper[1]:.4f}" if paper else "-"
             out.append(f"| {r['attack']} | {r['seconds_per_image']:.3f} | "
-                       f"{_ratio_stats(ratios)} | {len(ratios)} | {paper_cell} |")  # fmt: skip
+                       f"{_ratio_stats(ratios)} | {len(ratios)} | {_ratio_stats(known)} "
+                       f"({len(known)}) | {paper_cell} |")  # fmt: skip
         within = [r for r in rows if r.get("table") == 1 and r["model"] == name
                   and r["attack"] in ("rLR-QP", "rLR-QP-L2")]  # fmt: skip
         for r in within[:1]:
             ratios = [n / optimal[i]["norm_value"] for i, n in zip(r["images"], r["norms"])
                       if i in optimal]  # fmt: skip
             hits = sum(v <= 1.001 for v in ratios)
+            best = _best_known([x for x in rows if x.get("table") == 1 and x["model"] == name
+                                and x["norm"] in (2, "2")], mips)  # fmt: skip
+            near = sum(n <= 1.001 * best[i] for i, n in zip(r["images"], r["norms"]))
             out.append("")
-            out.append(f"rLR-QP ratio <= 1.001 on {hits} of {len(ratios)} proven-optimal images.")
+            out.append(f"rLR-QP ratio <= 1.001 on {hits} of {len(ratios)} proven-optimal images; "
+                       f"within 1.001 of the best known norm on {near} of {len(r['norms'])} "
+                       "images.")  # fmt: skip
         out += _linf_lines(rows, name)
         out.append("")
     return out
+
+
+def _best_known(l2_rows, mips) -> dict:
+    """Per image, the smallest L2 norm any attack or the MIP found (an upper bound on the
+    minimum)."""
+    best = {}
+    for r in l2_rows:
+        for i, n in zip(r["images"], r["norms"]):
+            best[i] = min(best.get(i, INF), n)
+    for i, r in mips.items():
+        best[i] = min(best.get(i, INF), r["norm_value"])
+    return best
 
 
 def _linf_lines(rows, name) -> list[str]:
