@@ -217,8 +217,8 @@ def _solver_section(rows) -> list[str]:
     if not srows:
         return []
     out = ["## Region-problem solvers", "",
-           "Command: `python benchmarks/linear_region.py solvers --models mnist-n1 mnist-mlp "
-           "--n 3`. One region problem per image (the region of the clean image, decision "
+           "Commands: `python benchmarks/linear_region.py solvers --models mnist-n1 mnist-n2 "
+           "--n 3` and `... solvers --models mnist-mlp --n 1` (784-1024-10). One region problem per image (the region of the clean image, decision "
            "halfspace towards class label+1, box), median seconds over the images, and whether "
            "every solver reached the same optimum (max relative deviation from DAQP's norm).",
            "", "| model | constraints | " + " | ".join(QP_SOLVERS) + " | HiGHS Linf LP | "
