@@ -9,6 +9,7 @@ from .deepfool import deepfool
 from .ead import cov, ead
 from .gradient import bim, fgm, ifgm, pgd
 from .lbfgs import lbfgs
+from .linear_region import linear_region
 from .linearisation import class_gradients
 from .registry import ATTACKS, AttackInfo, get_attack
 from .regression import regression_attack
@@ -28,6 +29,7 @@ __all__ = [
     "class_gradients",
     "deepfool",
     "lbfgs",
+    "linear_region",
     "select_targets",
     "trust_region",
     "update_radius",

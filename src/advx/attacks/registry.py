@@ -14,6 +14,7 @@ from .ddn import anu, ddn
 from .deepfool import deepfool
 from .ead import cov, ead
 from .lbfgs import lbfgs
+from .linear_region import linear_region
 from .trust_region import trust_region
 from .zoo import zoo
 
@@ -264,5 +265,16 @@ register(
         randomized=True,
         paper="Chen, Zhang, Sharma, Yi & Hsieh, AISec 2017 (ZOO)",
         quick={"binary_search_steps": 2, "steps": 5, "coordinates": 16},
+    )
+)
+register(
+    AttackInfo(
+        name="linear-region",
+        function=linear_region,
+        kind=MINIMAL,
+        norms=(1.0, 2.0, INF),
+        randomized=True,
+        paper="Croce & Hein, GCPR 2018 (rLR-QP)",
+        quick={"n1": 1, "n2": 1, "n3": 1, "n4": 1, "target_classes": "init"},
     )
 )

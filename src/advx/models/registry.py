@@ -240,3 +240,51 @@ register(
         task="regression",
     )
 )
+
+# Linear-region paper (Croce & Hein, GCPR 2018) models: N1 (784-50-10) and N2 (784-50-15-10) for
+# the comparison with the exact MIP (Table 1), and the k x 1024 ReLU MLPs of Table 2 (1x1024 is
+# "mnist-mlp" above).
+register(
+    ModelSpec(
+        name="mnist-n1",
+        dataset="mnist",
+        builder=partial(MnistFCNN, hidden=(50,)),
+        epochs=6,
+        batch_size=128,
+        optimizer="adam",
+        lr=2e-3,
+        schedule="onecycle",
+        expected_accuracy=0.96,
+        description="N1 of the linear-region paper: MLP 784-50-10 (ReLU)",
+    )
+)
+register(
+    ModelSpec(
+        name="mnist-n2",
+        dataset="mnist",
+        builder=partial(MnistFCNN, hidden=(50, 15)),
+        epochs=6,
+        batch_size=128,
+        optimizer="adam",
+        lr=2e-3,
+        schedule="onecycle",
+        expected_accuracy=0.96,
+        description="N2 of the linear-region paper: MLP 784-50-15-10 (ReLU)",
+    )
+)
+for _layers in (5, 10):
+    register(
+        ModelSpec(
+            name=f"mnist-mlp{_layers}x1024",
+            dataset="mnist",
+            builder=partial(MnistFCNN, hidden=(1024,) * _layers),
+            epochs=6,
+            batch_size=128,
+            optimizer="adam",
+            lr=1e-3,
+            schedule="onecycle",
+            expected_accuracy=0.975,
+            description=f"MLP 784-{'-'.join(['1024'] * _layers)}-10 (ReLU) of the "
+            "linear-region paper's Table 2",
+        )
+    )

@@ -1,0 +1,343 @@
+"""Linear-region attack (Croce & Hein, GCPR 2018) benchmarks: Table 1 (attacks vs the exact MIP on
+N1 and N2) and the region-solver measurement, stored in results/linear_region.jsonl (resumable)
+and written to docs/results/linear_region.md.
+
+    python benchmarks/linear_region.py solvers            # region QP/LP solvers, side by side
+    python benchmarks/linear_region.py table1 --n 50      # attacks and MIP per image
+    python benchmarks/linear_region.py report             # docs/results/linear_region.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import Results  # noqa: E402
+
+from advx.attacks import carlini_wagner_l2, ddn, deepfool, lbfgs, trust_region  # noqa: E402
+from advx.attacks.linear_region import float64_layers, linear_region, linear_regions  # noqa: E402
+from advx.attacks.linear_region.solvers import QP_SOLVERS, solve_l1, solve_l2, solve_linf  # noqa: E402
+from advx.data import load_mnist  # noqa: E402
+from advx.models.checkpoints import load  # noqa: E402
+from advx.verify import minimal_perturbation  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "linear_region.jsonl"
+DOC = ROOT / "docs" / "results" / "linear_region.md"
+INF = float("inf")
+PAPER_TABLE1 = {  # Croce & Hein 2018, Table 1: mean / max of ||delta|| / ||delta_MIP||
+    "mnist-n1": {"rLR-QP": (1.0, 1.0), "DeepFool": (1.1226, 1.6059), "L-BFGS": (1.2749, 2.2936),
+                 "C&W": (1.0269, 1.4546)},
+    "mnist-n2": {"rLR-QP": (1.0, 1.0), "DeepFool": (1.1426, 1.5953), "L-BFGS": (1.0180, 1.3457),
+                 "C&W": (1.0686, 1.4517)},
+}  # fmt: skip
+
+
+def _attacks(seed: int) -> dict:
+    del seed  # the attacks below are deterministic
+    return {
+        "DeepFool": lambda m, x, y: deepfool(m, x, y),
+        "L-BFGS": lambda m, x, y: lbfgs(m, x, y),
+        "C&W": lambda m, x, y: carlini_wagner_l2(m, x, y),
+        "DDN": lambda m, x, y: ddn(m, x, y, steps=1000),
+        "TR": lambda m, x, y: trust_region(m, x, y),
+    }  # rLR-QP's rows are written by _mip_rows (its points warm-start the MIP)
+
+
+def _images(n: int, model):
+    x, y = load_mnist("test")
+    x, y = x[:n], y[:n]
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    return x, y, correct
+
+
+def _norms(adv, x, p):
+    return torch.linalg.vector_norm((adv - x).flatten(1).double(), ord=p, dim=1)
+
+
+def table1(args) -> None:
+    """Per image: every attack's L2 norm and seconds, rLR-QP in Linf, and the MIP in L2/Linf."""
+    store = Results(RESULTS)
+    for name in args.models:
+        model = load(name)
+        x, y, correct = _images(args.n, model)
+        idx = correct.nonzero().flatten()
+        xs, ys = x[idx], y[idx]
+        for attack, fn in _attacks(args.seed).items():
+            if 2.0 not in args.norms:
+                break  # the L2 attacks run with the L2 rows only
+            key = f"t1|{name}|{attack}|{args.n}"
+            if key in store:
+                continue
+            started = time.perf_counter()
+            adv = fn(model, xs, ys)
+            seconds = time.perf_counter() - started
+            with torch.no_grad():
+                ok = model(adv).argmax(1) != ys
+            norms = torch.where(
+                ok, _norms(adv, xs, 2), torch.full_like(ok, INF, dtype=torch.float64)
+            )
+            store.add(key, {"table": 1, "model": name, "attack": attack, "norm": 2,
+                            "images": idx.tolist(), "norms": norms.tolist(),
+                            "seconds_per_image": seconds / len(idx)})  # fmt: skip
+            print(f"{name} {attack}: {seconds / len(idx):.3f} s/img", flush=True)
+        for p in args.norms:
+            _mip_rows(store, name, model, xs, ys, idx, p, args)
+
+
+def _mip_rows(store, name, model, xs, ys, idx, p, args) -> None:
+    """rLR-QP in norm p (stored), then the MIP per image, warm-started from rLR-QP's point."""
+    tag = "inf" if p == INF else f"{p:g}"
+    key = f"t1|{name}|rLR-QP-L{tag}|{args.n}"
+    todo = [k for k, i in enumerate(idx.tolist()[: args.mip_n])
+            if f"mip|{name}|L{tag}|{i}|{args.time_limit:g}" not in store]  # fmt: skip
+    if key in store and not todo:
+        return
+    gen = torch.Generator().manual_seed(args.seed)
+    started = time.perf_counter()
+    adv = linear_region(model, xs, ys, norm=p, generator=gen)
+    seconds = time.perf_counter() - started
+    if key not in store:
+        store.add(key, {"table": 1, "model": name, "attack": f"rLR-QP-L{tag}", "norm": tag,
+                        "images": idx.tolist(), "norms": _norms(adv, xs, p).tolist(),
+                        "seconds_per_image": seconds / len(idx)})  # fmt: skip
+        print(f"{name} rLR-QP L{tag}: {seconds / len(idx):.3f} s/img", flush=True)
+    start_norms = _norms(adv, xs, p)
+    for k in todo:
+        i = int(idx[k])
+        res = minimal_perturbation(model, xs[k : k + 1], ys[k : k + 1], norm=p,
+                                   start=adv[k : k + 1], time_limit=args.time_limit)  # fmt: skip
+        store.add(f"mip|{name}|L{tag}|{i}|{args.time_limit:g}",
+                  {"mip": True, "model": name, "norm": tag, "image": i,
+                   "norm_value": float(res.norms[0]), "lower": float(res.lower_bounds[0]),
+                   "status": res.status[0], "seconds": res.seconds[0],
+                   "nodes": res.nodes[0], "binaries": res.binaries[0],
+                   "start_norm": float(start_norms[k])})  # fmt: skip
+        print(f"{name} MIP L{tag} image {i}: {res.status[0]} {float(res.norms[0]):.5f} "
+              f">= {float(res.lower_bounds[0]):.5f} ({res.seconds[0]:.1f} s)", flush=True)  # fmt: skip
+
+
+def solvers(args) -> None:
+    """Each QP solver and HiGHS on the same region problems (N1 and 1x1024), side by side."""
+    store = Results(RESULTS)
+    x, y = load_mnist("test")
+    for name in args.models:
+        layers = float64_layers(load(name))
+        region = linear_regions(layers, x[: args.n].double())
+        for k in range(args.n):
+            key = f"solvers|{name}|{k}"
+            if key in store:
+                continue
+            v, a = region.logits_map[k].numpy(), region.logits_offset[k].numpy()
+            c, target = int(y[k]), (int(y[k]) + 1) % 10
+            matrix = np.vstack([(v[target] - v[c])[None], region.halfspace_matrix[k].numpy()])
+            offset = np.r_[a[target] - a[c], region.halfspace_offset[k].numpy()]
+            xk = x[k].reshape(-1).double().numpy()
+            row = {"model": name, "image": k, "constraints": int(matrix.shape[0])}
+            for solver in QP_SOLVERS:
+                started = time.perf_counter()
+                z = solve_l2(xk, matrix, offset, solver)
+                row[solver] = [time.perf_counter() - started,
+                               None if z is None else float(np.linalg.norm(z - xk))]  # fmt: skip
+            for label, fn, p in (("highs-linf", solve_linf, INF), ("highs-l1", solve_l1, 1)):
+                started = time.perf_counter()
+                z = fn(xk, matrix, offset)
+                row[label] = [time.perf_counter() - started,
+                              None if z is None else float(np.linalg.norm(z - xk, ord=p))]  # fmt: skip
+            store.add(key, row)
+            print(row, flush=True)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _ratio_stats(values):
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "-"
+    return f"{statistics.mean(finite):.4f} / {max(finite):.4f}"
+
+
+def report(args) -> None:
+    """docs/results/linear_region.md from the stored rows."""
+    store = Results(RESULTS)
+    rows = list(store.values())
+    lines = [
+        "# Linear-region attack (rLR-QP) and exact minimal perturbations (MIP)",
+        "",
+        f"Generated by `python benchmarks/linear_region.py report` on {datetime.date.today()} "
+        f"from `results/linear_region.jsonl` (machine: 2 cores shared with other jobs, "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        "OMP_NUM_THREADS=1).",
+        "",
+    ]
+    lines += _solver_section(rows)
+    lines += _table1_section(rows)
+    lines += [
+        "## Deviations from the paper",
+        "",
+        "- The paper's MIP took more than 1000 s per image (Gurobi); here each image gets the "
+        "time limit stated above (2 shared cores), so most L2 runs end at the time limit with "
+        "the warm start (rLR-QP's point) as incumbent and a lower bound of 0 (the first class's "
+        "branch and bound had not closed). The 'best known' columns compare every attack with "
+        "the smallest norm found by any attack or the MIP on the same image instead.",
+        "- Seconds per image were measured on a machine whose 2 cores were shared with other "
+        "jobs (load average about 15-18), so they are several times the unloaded figures.",
+        "- Images: the correctly classified among the first n test images (n in the keys).",
+        "",
+        "## Not measured here",
+        "",
+        "- Table 2 (1x/5x/10x1024 MLPs, plain and PGD-L2 adversarially trained, MNIST and "
+        "CIFAR-10) and Table 3 (repeated applications on MNIST 1x1024-at): not run (the 5x/10x1024 "
+        "MNIST models are registered but not trained; no adversarially trained variants). The "
+        "German Traffic Sign data is not available here.",
+        "- adv-lib's FAB as a Table 1 anchor: not run.",
+        "- Ratios are taken over the images whose MIP finished with status optimal only; images "
+        "with a time limit are counted above but excluded from the ratios.",
+    ]
+    DOC.parent.mkdir(parents=True, exist_ok=True)
+    DOC.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def _solver_section(rows) -> list[str]:
+    srows = [r for r in rows if r["key"].startswith("solvers|")]
+    if not srows:
+        return []
+    out = ["## Region-problem solvers", "",
+           "Commands: `python benchmarks/linear_region.py solvers --models mnist-n1 mnist-n2 "
+           "--n 3` and `... solvers --models mnist-mlp --n 1` (784-1024-10). One region problem per image (the region of the clean image, decision "
+           "halfspace towards class label+1, box), median seconds over the images, and whether "
+           "every solver reached the same optimum (max relative deviation from DAQP's norm).",
+           "", "| model | constraints | " + " | ".join(QP_SOLVERS) + " | HiGHS Linf LP | "
+           "HiGHS L1 LP | max deviation |", "|" + "---|" * (len(QP_SOLVERS) + 5)]  # fmt: skip
+    for name in sorted({r["model"] for r in srows}):
+        mine = [r for r in srows if r["model"] == name]
+        cells = []
+        for solver in (*QP_SOLVERS, "highs-linf", "highs-l1"):
+            cells.append(f"{statistics.median(r[solver][0] for r in mine):.3f} s")
+        dev = max(abs(r[s][1] - r["daqp"][1]) / r["daqp"][1] for r in mine for s in QP_SOLVERS
+                  if r[s][1] is not None)  # fmt: skip
+        out.append(
+            f"| {name} | {mine[0]['constraints']} | " + " | ".join(cells) + f" | {dev:.1e} |"
+        )
+    out.append("")
+    return out
+
+
+def _table1_section(rows) -> list[str]:
+    out = ["## Table 1: attacks against the exact minimal L2 perturbation (MIP)", ""]
+    models = sorted({r["model"] for r in rows if r.get("table") == 1})
+    for name in models:
+        mips = {r["image"]: r for r in rows if r.get("mip") and r["model"] == name
+                and r["norm"] == "2"}  # fmt: skip
+        optimal = {i: r for i, r in mips.items() if r["status"] == "optimal"}
+        out.append(f"### {name}")
+        out.append("")
+        out.append(f"MIP (L2): {len(mips)} images attempted, {len(optimal)} proven optimal "
+                   f"(time limit per image {_limit(mips)} s); median seconds "
+                   f"{_median([r['seconds'] for r in mips.values()])}.")  # fmt: skip
+        out.append("")
+        out.append("| attack | s / image | mean / max ratio vs MIP (proven-optimal images) | "
+                   "images | mean / max ratio vs best known (all images) | paper mean / max |")  # fmt: skip
+        out.append("|---|---|---|---|---|---|")
+        l2_rows = [r for r in rows if r.get("table") == 1 and r["model"] == name
+                   and r["norm"] in (2, "2")]  # fmt: skip
+        best = _best_known(l2_rows, mips)
+        for r in l2_rows:
+            ratios = [n / optimal[i]["norm_value"] for i, n in zip(r["images"], r["norms"])
+                      if i in optimal and optimal[i]["norm_value"] > 0]  # fmt: skip
+            known = [n / best[i] for i, n in zip(r["images"], r["norms"]) if best.get(i, 0) > 0]
+            paper = PAPER_TABLE1.get(name, {}).get(r["attack"].replace("-L2", ""))
+            paper_cell = f"{paper[0]:.4f} / {paper[1]:.4f}" if paper else "-"
+            out.append(f"| {r['attack']} | {r['seconds_per_image']:.3f} | "
+                       f"{_ratio_stats(ratios)} | {len(ratios)} | {_ratio_stats(known)} "
+                       f"({len(known)}) | {paper_cell} |")  # fmt: skip
+        within = [r for r in rows if r.get("table") == 1 and r["model"] == name
+                  and r["attack"] in ("rLR-QP", "rLR-QP-L2")]  # fmt: skip
+        for r in within[:1]:
+            ratios = [n / optimal[i]["norm_value"] for i, n in zip(r["images"], r["norms"])
+                      if i in optimal]  # fmt: skip
+            hits = sum(v <= 1.001 for v in ratios)
+            best = _best_known([x for x in rows if x.get("table") == 1 and x["model"] == name
+                                and x["norm"] in (2, "2")], mips)  # fmt: skip
+            near = sum(n <= 1.001 * best[i] for i, n in zip(r["images"], r["norms"]))
+            out.append("")
+            out.append(f"rLR-QP ratio <= 1.001 on {hits} of {len(ratios)} proven-optimal images; "
+                       f"within 1.001 of the best known norm on {near} of {len(r['norms'])} "
+                       "images.")  # fmt: skip
+        out += _linf_lines(rows, name)
+        out.append("")
+    return out
+
+
+def _best_known(l2_rows, mips) -> dict:
+    """Per image, the smallest L2 norm any attack or the MIP found (an upper bound on the
+    minimum)."""
+    best = {}
+    for r in l2_rows:
+        for i, n in zip(r["images"], r["norms"]):
+            best[i] = min(best.get(i, INF), n)
+    for i, r in mips.items():
+        best[i] = min(best.get(i, INF), r["norm_value"])
+    return best
+
+
+def _linf_lines(rows, name) -> list[str]:
+    mips = {r["image"]: r for r in rows if r.get("mip") and r["model"] == name
+            and r["norm"] == "inf"}  # fmt: skip
+    if not mips:
+        return []
+    optimal = {i: r for i, r in mips.items() if r["status"] == "optimal"}
+    rlr = [r for r in rows if r.get("table") == 1 and r["model"] == name
+           and r["attack"] == "rLR-QP-Linf"]  # fmt: skip
+    out = ["", f"MIP (Linf): {len(mips)} images attempted, {len(optimal)} proven optimal "
+           f"(time limit {_limit(mips)} s), median seconds "
+           f"{_median([r['seconds'] for r in mips.values()])}."]  # fmt: skip
+    if rlr:
+        ratios = [n / optimal[i]["norm_value"] for i, n in zip(rlr[0]["images"], rlr[0]["norms"])
+                  if i in optimal and optimal[i]["norm_value"] > 0]  # fmt: skip
+        out.append(f"rLR-QP (Linf LPs): {rlr[0]['seconds_per_image']:.3f} s / image; ratio vs "
+                   f"MIP mean / max {_ratio_stats(ratios)} on {len(ratios)} images; <= 1.001 on "
+                   f"{sum(v <= 1.001 for v in ratios)}.")  # fmt: skip
+    return out
+
+
+def _limit(mips) -> str:
+    keys = {r["key"].split("|")[-1] for r in mips.values()}
+    return ", ".join(sorted(keys)) or "-"
+
+
+def _median(values) -> str:
+    return f"{statistics.median(values):.1f}" if values else "-"
+
+
+def main() -> None:
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("command", choices=("table1", "solvers", "report"))
+    parser.add_argument("--models", nargs="+", default=["mnist-n1", "mnist-n2"])
+    parser.add_argument("--n", type=int, default=50)
+    parser.add_argument("--mip-n", type=int, default=50, help="images given to the MIP")
+    parser.add_argument("--norms", nargs="+", type=float, default=[2.0, INF])
+    parser.add_argument("--time-limit", type=float, default=60.0)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    {"table1": table1, "solvers": solvers, "report": report}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()

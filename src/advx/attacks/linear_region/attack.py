@@ -1,0 +1,496 @@
+"""rLR-QP: the randomized linear-region attack (Croce & Hein, "A randomized gradient-free attack on
+ReLU networks", GCPR 2018, Algorithm 1).
+
+On every linear region Q(y) of a ReLU network the logits are affine, so the smallest perturbation
+of x that reaches class l inside Q(y) is a convex program (Eq. (3): a QP for L2, an LP for L1 and
+Linf). rLR-QP solves it on the region of x, then on regions of random points around the current
+adversarials (exploration) and around the best one (local search).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._core import (
+    INF,
+    NormLike,
+    attack_mode,
+    check_int,
+    check_positive,
+    dual_exponent,
+    is_adversarial,
+    parse_norm,
+    validate,
+)
+from ..deepfool import deepfool
+from .geometry import (
+    Region,
+    activation_patterns,
+    float64_layers,
+    linear_regions,
+    piecewise_linear_layers,
+)
+from .solvers import DEFAULT_QP_SOLVER, QP_SOLVERS, solve_region_problem
+
+EXTENSIONS = (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
+"""Relative lengthenings tried, in order, when a region solution (which lies on the decision
+boundary) is not yet classified as the target class by the model in its own dtype."""
+MEMORY_BUDGET = 2**28  # bytes of Jacobians per geometry chunk
+BINARY_SEARCH_STEPS = 20
+
+
+@dataclass
+class _Sample:
+    """Algorithm 1's state for one sample."""
+
+    x: np.ndarray  # (d,) float64
+    source: int  # the class to leave (untargeted) or reach (targeted)
+    classes: list[int]  # the target classes L
+    best: np.ndarray | None = None  # best adversarial point z = x + delta
+    u: float = INF  # its norm
+    stack: list[np.ndarray] = field(default_factory=list)  # S: perturbations delta
+    stack_norms: list[float] = field(default_factory=list)
+    seen: set = field(default_factory=set)  # activation patterns already solved
+    regions: int = 0  # regions whose problems were set up
+    solves: int = 0  # convex programs solved
+
+
+@dataclass(frozen=True)
+class _Settings:
+    p: float
+    targeted: bool
+    alpha: float
+    solver: str
+
+
+def _norm(delta: np.ndarray, p: float) -> float:
+    if p == INF:
+        return float(np.abs(delta).max()) if delta.size else 0.0
+    return float(np.linalg.norm(delta, ord=p))
+
+
+def _sample_ball(
+    count: int, d: int, radius: Tensor, p: float, generator: torch.Generator | None
+) -> Tensor:
+    """``count`` points per row of ``radius`` (N,) in the Lp ball B(0, r), uniform in direction and
+    uniform in radius (not uniform in the ball; Croce & Hein 2018, Sec. 4): (N, count, d)."""
+    n = radius.shape[0]
+    shape = (n, count, d)
+    if p == 1:
+        direction = -torch.log(torch.rand(shape, generator=generator, dtype=torch.float64))
+        direction *= torch.randint(0, 2, shape, generator=generator).to(torch.float64) * 2 - 1
+    elif p == INF:
+        direction = torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1
+    else:
+        direction = torch.randn(shape, generator=generator, dtype=torch.float64)
+    length = torch.linalg.vector_norm(direction, ord=p, dim=2, keepdim=True).clamp_min(1e-30)
+    scale = torch.rand((n, count, 1), generator=generator, dtype=torch.float64)
+    return direction / length * scale * radius.reshape(n, 1, 1)
+
+
+def robustly_adversarial(logits: Tensor, labels: Tensor, targeted: bool) -> Tensor:
+    """Adversarial with a logit margin above 100 ulp of the logits' scale, so that the verdict
+    does not flip with the rounding of another batch composition (points from the region
+    programs lie on the decision boundary)."""
+    eps = torch.finfo(logits.dtype).eps
+    tol = 100 * eps * (1 + logits.abs().amax(1))
+    chosen = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], -INF).amax(1)
+    return chosen - others > tol if targeted else others - chosen > tol
+
+
+# --------------------------------------------------------------------------- one region
+
+
+def _decision_rows(region: Region, k: int, source: int, target: int, targeted: bool):
+    """Halfspaces (rows, offsets) saying that ``target`` reaches the decision on the region's
+    affine map: z_target >= z_source (untargeted, leaving ``source``), or z_target >= z_s for
+    every s != target (targeted)."""
+    v, a = region.logits_map[k], region.logits_offset[k]
+    if not targeted:
+        return (v[target] - v[source])[None], (a[target] - a[source])[None]
+    others = [s for s in range(v.shape[0]) if s != target]
+    return v[target][None] - v[others], a[target] - a[others]
+
+
+def _hyperplane_bound(rows: np.ndarray, offsets: np.ndarray, x: np.ndarray, q: float) -> float:
+    """A lower bound on the region problem: the Lp distance from x to the farthest of the decision
+    halfspaces it violates (0 when x satisfies them all)."""
+    values = rows @ x + offsets
+    norms = np.linalg.norm(rows, ord=q, axis=1)
+    gaps = np.where(values < 0, -values / np.maximum(norms, 1e-300), 0.0)
+    return float(gaps.max()) if gaps.size else 0.0
+
+
+def _solve_region(
+    region: Region, k: int, sample: _Sample, threshold: float, settings: _Settings, check
+) -> tuple[float, np.ndarray | None]:
+    """Problem (2) on one region: the best over the target classes of problem (3). Classes whose
+    decision-hyperplane distance is not below ``threshold`` are skipped (their solution could not
+    change the attack's state). Returns (norm, point) of the best verified adversarial, or
+    (inf, None)."""
+    q = dual_exponent(settings.p)
+    matrix = region.halfspace_matrix[k].numpy()
+    offset = region.halfspace_offset[k].numpy()
+    problems = []
+    for target in sample.classes:
+        rows, offs = _decision_rows(region, k, sample.source, target, settings.targeted)
+        rows, offs = rows.numpy(), offs.numpy()
+        bound = _hyperplane_bound(rows, offs, sample.x, q)
+        problems.append((bound, target, rows, offs))
+    problems.sort(key=lambda item: item[0])
+    best_norm, best_point = INF, None
+    for bound, target, rows, offs in problems:
+        if bound >= min(threshold, best_norm):
+            break
+        z = solve_region_problem(
+            sample.x, np.vstack([rows, matrix]), np.concatenate([offs, offset]), settings.p,
+            settings.solver,
+        )  # fmt: skip
+        sample.solves += 1
+        if z is None:
+            continue
+        z = check(z, sample, target)
+        if z is not None:
+            norm = _norm(z - sample.x, settings.p)
+            if norm < best_norm:
+                best_norm, best_point = norm, z
+    return best_norm, best_point
+
+
+def _record(sample: _Sample, norm: float, point: np.ndarray, alpha: float) -> None:
+    """Lines 16-18 of Algorithm 1: a better adversarial becomes the best; one within alpha of the
+    best that beats the worst of the stack S replaces it."""
+    if norm < sample.u:
+        sample.best, sample.u = point, norm
+    if not sample.stack:
+        return
+    worst = int(np.argmax(sample.stack_norms))
+    if norm < alpha * sample.u and norm < sample.stack_norms[worst]:
+        sample.stack[worst] = point - sample.x
+        sample.stack_norms[worst] = norm
+
+
+def _threshold(sample: _Sample, alpha: float) -> float:
+    """The norm below which a region's solution changes the state (best or stack)."""
+    if not sample.stack_norms:
+        return sample.u
+    return min(alpha * sample.u, max(sample.stack_norms))
+
+
+# --------------------------------------------------------------------------- the search
+
+
+class _Search:
+    """Algorithm 1 for a batch: geometry batched over samples and points, one convex program per
+    (region, target class) left after pruning."""
+
+    def __init__(self, model: nn.Module, inputs: Tensor, settings: _Settings) -> None:
+        self.model = model
+        self.inputs = inputs
+        self.shape = inputs.shape[1:]
+        self.layers = float64_layers(model)
+        self.settings = settings
+        self.d = int(np.prod(self.shape))
+
+    def check(self, z: np.ndarray, sample: _Sample, target: int) -> np.ndarray | None:
+        """The region solution, lengthened by the least of ``EXTENSIONS`` that makes the model
+        (in the inputs' dtype) reach ``target`` (targeted) or leave the source class with a
+        margin above its rounding error (``robustly_adversarial``); None if none does."""
+        delta = z - sample.x
+        candidates = np.stack([np.clip(sample.x + (1 + e) * delta, 0, 1) for e in EXTENSIONS])
+        batch = torch.as_tensor(candidates).to(self.inputs.dtype).reshape(-1, *self.shape)
+        with torch.no_grad():
+            logits = self.model(batch.to(self.inputs.device))
+        labels = torch.full((len(EXTENSIONS),), sample.source, device=logits.device)
+        ok = robustly_adversarial(logits, labels, self.settings.targeted).cpu().numpy()
+        if not ok.any():
+            return None
+        return batch[int(np.argmax(ok))].reshape(-1).double().numpy()
+
+    def _chunk(self, units: int) -> int:
+        """Regions per geometry call: their Jacobians (d x (units + d) each) within the budget."""
+        return max(1, MEMORY_BUDGET // (8 * self.d * (units + self.d)))
+
+    def visit(self, samples: list[_Sample], points: list[list[np.ndarray]]) -> None:
+        """Solve problem (2) on the regions of ``points[i]`` for sample i, in order, skipping
+        regions already seen (by activation pattern) and updating the state after each."""
+        owners, flat_points = [], []
+        for i, pts in enumerate(points):
+            owners.extend([i] * len(pts))
+            flat_points.extend(pts)
+        if not flat_points:
+            return
+        batch = torch.as_tensor(np.stack(flat_points)).reshape(-1, *self.shape)
+        patterns = activation_patterns(self.layers, batch).numpy()
+        fresh = []
+        for j, owner in enumerate(owners):
+            key = np.packbits(patterns[j]).tobytes()
+            if key not in samples[owner].seen:
+                samples[owner].seen.add(key)
+                fresh.append(j)
+        chunk = self._chunk(patterns.shape[1])
+        for start in range(0, len(fresh), chunk):
+            idx = fresh[start : start + chunk]
+            region = linear_regions(self.layers, batch[idx])
+            for k, j in enumerate(idx):
+                sample = samples[owners[j]]
+                sample.regions += 1
+                norm, point = _solve_region(
+                    region, k, sample, _threshold(sample, self.settings.alpha), self.settings,
+                    self.check,
+                )  # fmt: skip
+                if point is not None:
+                    _record(sample, norm, point, self.settings.alpha)
+
+    def radius(self, sample: _Sample, a1: int) -> float:
+        """u / a1, or the box diameter when no adversarial is known yet."""
+        u = sample.u if np.isfinite(sample.u) else _norm(np.ones(self.d), self.settings.p)
+        return u / a1
+
+    def around(
+        self,
+        samples: list[_Sample],
+        centres: list[list[np.ndarray]],
+        count: int,
+        a1: int,
+        generator: torch.Generator | None,
+    ) -> list[list[np.ndarray]]:
+        """``count`` random points around each centre (perturbations) of each sample, clipped to the
+        box: x + centre + eps, eps uniform in direction and radius in B(0, u / a1)."""
+        radii = torch.tensor([self.radius(s, a1) for s in samples], dtype=torch.float64)
+        most = max(len(c) for c in centres)
+        noise = _sample_ball(most * count, self.d, radii, self.settings.p, generator).numpy()
+        out = []
+        for i, sample in enumerate(samples):
+            pts = []
+            for c, centre in enumerate(centres[i]):
+                eps = noise[i, c * count : (c + 1) * count]
+                pts.extend(np.clip(sample.x + centre + eps, 0.0, 1.0))
+            out.append(pts)
+        return out
+
+
+def _algorithm1(
+    search: _Search,
+    samples: list[_Sample],
+    n1: int,
+    n2: int,
+    n3: int,
+    n4: int,
+    generator: torch.Generator | None,
+) -> None:
+    """Croce & Hein (2018), Algorithm 1, for all samples at once (the state is per sample)."""
+    alpha = search.settings.alpha
+    search.visit(samples, [[s.x] for s in samples])  # line 1: the region of x (before S exists)
+    for s in samples:  # line 3: S holds n1 copies of the best perturbation
+        delta = s.best - s.x if s.best is not None else np.zeros_like(s.x)
+        s.stack = [delta.copy() for _ in range(n1)]
+        s.stack_norms = [s.u] * n1
+    for a1 in range(1, n4 + 1):
+        for _ in range(n3):  # exploration around every member of S
+            centres = [list(s.stack) for s in samples]
+            search.visit(samples, search.around(samples, centres, n2, a1, generator))
+        for _ in range(n2):  # local search around the best
+            centres = [[(s.best - s.x) if s.best is not None else 0 * s.x] for s in samples]
+            search.visit(samples, search.around(samples, centres, 1, a1, generator))
+    del alpha
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+def _adversarial(model: nn.Module, x: Tensor, labels: Tensor, targeted: bool) -> Tensor:
+    with torch.no_grad():
+        return is_adversarial(model(x), labels, targeted)
+
+
+def _bisect(model: nn.Module, start: Tensor, end: Tensor, labels: Tensor, targeted: bool) -> Tensor:
+    """The point of [start, end] nearest start that is still adversarial, by bisection on the
+    segment's parameter (end must be adversarial; Croce & Hein 2018, Sec. 5, the binary search
+    from x to the DeepFool point)."""
+    view = (-1,) + (1,) * (start.dim() - 1)
+    lo = torch.zeros(start.shape[0], dtype=start.dtype, device=start.device)
+    hi = torch.ones_like(lo)
+    for _ in range(BINARY_SEARCH_STEPS):
+        mid = (lo + hi) / 2
+        ok = _adversarial(model, start + mid.reshape(view) * (end - start), labels, targeted)
+        hi = torch.where(ok, mid, hi)
+        lo = torch.where(ok, lo, mid)
+    return start + hi.reshape(view) * (end - start)
+
+
+def warm_start(
+    model: nn.Module, inputs: Tensor, labels: Tensor, p: float, targeted: bool
+) -> tuple[Tensor, Tensor]:
+    """DeepFool (L2, or Linf for p = inf), then a binary search from x to the boundary along the
+    DeepFool perturbation; where DeepFool fails, the same search along the segment from x to the
+    origin (Croce & Hein 2018, Sec. 5). Returns (points, found)."""
+    df = deepfool(model, inputs, labels, norm=INF if p == INF else 2, targeted=targeted)
+    found = _adversarial(model, df, labels, targeted)
+    origin = torch.zeros_like(inputs)
+    to_origin = _adversarial(model, origin, labels, targeted) & ~found
+    end = torch.where(found.reshape(-1, *[1] * (inputs.dim() - 1)), df, origin)
+    usable = found | to_origin
+    points = inputs.clone()
+    if usable.any():
+        points[usable] = _bisect(model, inputs[usable], end[usable], labels[usable], targeted)
+    return points, usable
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _classes_for(
+    source: int, num_classes: int, target_classes: str, start_class: int | None, targeted: bool
+) -> list[int]:
+    if targeted:
+        return [source]
+    if target_classes == "init" and start_class is not None and start_class != source:
+        return [start_class]
+    return [c for c in range(num_classes) if c != source]
+
+
+def _check_arguments(n1, n2, n3, n4, alpha, init, target_classes, applications, solver) -> None:
+    for name, value in (("n1", n1), ("n2", n2), ("n3", n3), ("n4", n4)):
+        check_int(value, name, 1)
+    check_int(applications, "applications", 1)
+    check_positive(alpha, "alpha")
+    if alpha < 1:
+        raise ValueError(f"alpha must be >= 1, got {alpha!r}")
+    if not (isinstance(init, Tensor) or init == "deepfool"):
+        raise ValueError(f"init must be 'deepfool' or a tensor of starting points, got {init!r}")
+    if target_classes not in ("all", "init"):
+        raise ValueError(f"target_classes must be 'all' or 'init', got {target_classes!r}")
+    if solver not in QP_SOLVERS:
+        raise ValueError(f"solver must be one of {QP_SOLVERS}, got {solver!r}")
+
+
+def _one_application(
+    model, inputs, labels, start, found, settings, target_classes, n, generator, stats
+) -> Tensor:
+    num_classes = stats["num_classes"]
+    with torch.no_grad():
+        start_classes = model(start).argmax(1).tolist()
+    flat = inputs.reshape(inputs.shape[0], -1).double().cpu().numpy()
+    start_flat = start.reshape(start.shape[0], -1).double().cpu().numpy()
+    samples, where = [], []
+    for i in range(inputs.shape[0]):
+        if stats["clean_adversarial"][i]:
+            continue
+        source = int(labels[i])
+        start_class = start_classes[i] if found[i] else None
+        classes = _classes_for(source, num_classes, target_classes, start_class, settings.targeted)
+        sample = _Sample(x=flat[i], source=source, classes=classes)
+        if found[i]:
+            sample.best = start_flat[i]
+            sample.u = _norm(start_flat[i] - flat[i], settings.p)
+        samples.append(sample)
+        where.append(i)
+    out = inputs.clone()
+    if samples:
+        search = _Search(model, inputs, settings)
+        _algorithm1(search, samples, *n, generator)
+        for i, sample in zip(where, samples):
+            if sample.best is not None:
+                out[i] = torch.as_tensor(sample.best).reshape(inputs.shape[1:]).to(inputs)
+            stats["regions"][i] += sample.regions
+            stats["solves"][i] += sample.solves
+    return out
+
+
+def linear_region(
+    model: nn.Module,
+    inputs: Tensor,
+    labels: Tensor,
+    *,
+    norm: NormLike = 2,
+    targeted: bool = False,
+    n1: int = 10,
+    n2: int = 10,
+    n3: int = 5,
+    n4: int = 3,
+    alpha: float = 1.5,
+    init: str | Tensor = "deepfool",
+    target_classes: str = "all",
+    applications: int = 1,
+    solver: str = DEFAULT_QP_SOLVER,
+    generator: torch.Generator | None = None,
+    stats: dict | None = None,
+) -> Tensor:
+    """rLR-QP, the randomized linear-region attack (Croce & Hein, "A randomized gradient-free
+    attack on ReLU networks", GCPR 2018, Algorithm 1), minimal-norm, for L1, L2 and Linf.
+
+    On the linear region Q(y) of a point y the logits are affine, V z + a (Sec. 2), so the
+    smallest perturbation reaching class l within Q(y) and the box is the convex program (3), and
+    problem (2) takes the best over the target classes L. The attack solves (2) on Q(x), keeps
+    the better of that and the warm start (DeepFool plus a binary search to the boundary, or a
+    search towards the origin where DeepFool fails), and for a1 = 1..n4: n3 exploration steps
+    (n2 random points around each of the n1 stored adversarials S_i, radius u / a1; a solution
+    within ``alpha`` of the best replaces the worst of S) and n2 local-search points around the
+    best. Random offsets are uniform in direction and uniform in radius. A region (activation
+    pattern) is never solved twice, and a class is skipped when its decision-hyperplane distance,
+    a lower bound on its problem, is not below the norm that could still change the state
+    (min(alpha u, max ||S_i||); u alone before S exists). At most
+    1 + (n1 n3 + 1) n2 n4 regions are visited per application.
+
+    Args:
+        model: a piecewise-linear network (Linear, Conv2d, ReLU, Flatten, AvgPool2d, MaxPool2d,
+            eval-mode BatchNorm, Dropout); other layers raise TypeError naming them.
+        inputs: (N, ...) images in [0, 1].
+        labels: (N,) true classes, or target classes with ``targeted=True``.
+        norm: 1, 2 (QPs, ``solver``) or inf (LPs with HiGHS); L1 and L2 start from L2 DeepFool.
+        targeted: reach ``labels`` instead of leaving them.
+        n1, n2, n3, n4, alpha: Algorithm 1's hyperparameters (the paper's defaults).
+        init: "deepfool", or a tensor of starting points (adversarial ones are used as the warm
+            start without the binary search; others are ignored).
+        target_classes: "all" classes other than the label, or "init", the class of the warm
+            start only (the paper's setting for deep networks).
+        applications: run the attack this many times, each from the previous output with the
+            target class restricted to the output's class (Table 3).
+        solver: the QP solver (``qpsolvers`` name) for L2.
+        generator: torch.Generator for the random points.
+        stats: if a dict, receives per-sample counts "regions" and "solves".
+
+    Returns:
+        The adversarial examples (shape, dtype and device of ``inputs``); the original input where
+        none was found or where it is already adversarial.
+    """
+    p = parse_norm(norm, (1.0, 2.0, INF))
+    _check_arguments(n1, n2, n3, n4, alpha, init, target_classes, applications, solver)
+    piecewise_linear_layers(model)  # TypeError naming an unsupported layer, before any work
+    clean_logits = validate(model, inputs, labels)
+    inputs = inputs.detach()
+    settings = _Settings(p=p, targeted=bool(targeted), alpha=float(alpha), solver=solver)
+    record = {
+        "num_classes": clean_logits.shape[1],
+        "clean_adversarial": is_adversarial(clean_logits, labels, targeted).tolist(),
+        "regions": [0] * inputs.shape[0],
+        "solves": [0] * inputs.shape[0],
+    }
+    with attack_mode(model):
+        if isinstance(init, Tensor):
+            if init.shape != inputs.shape:
+                raise ValueError(f"init must have the shape of inputs {tuple(inputs.shape)}")
+            start = init.detach().to(inputs).clamp(0, 1)
+            found = _adversarial(model, start, labels, targeted)
+        else:
+            start, found = warm_start(model, inputs, labels, p, settings.targeted)
+        classes = target_classes
+        for _ in range(applications):
+            start = _one_application(
+                model, inputs, labels, start, found, settings, classes, (n1, n2, n3, n4),
+                generator, record,
+            )  # fmt: skip
+            found = _adversarial(model, start, labels, targeted)
+            classes = "init"
+    if stats is not None:
+        stats.update({"regions": record["regions"], "solves": record["solves"]})
+    return start.detach()
+
+
+__all__ = ["linear_region", "warm_start"]

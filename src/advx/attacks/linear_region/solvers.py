@@ -1,0 +1,157 @@
+"""The convex program of one linear region (Croce & Hein 2018, Eq. (3)): the point z closest to x
+in the Lp norm with ``A z + b >= 0`` (decision and region halfspaces) and ``0 <= z <= 1``.
+
+p = 2 is a QP, solved through ``qpsolvers`` (DAQP by default, chosen by measurement on our own
+region problems, see docs/results/linear_region.md); p = 1 and p = inf are LPs solved with HiGHS
+(through ``scipy.optimize.linprog``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import linprog
+
+INF = float("inf")
+QP_SOLVERS = ("daqp", "proxqp", "piqp", "clarabel", "osqp")
+DEFAULT_QP_SOLVER = "daqp"
+FEASIBILITY_TOLERANCE = 1e-6
+"""A solution violating a halfspace by more than this (relative to the row's scale) or the box by
+more than 1e-9 is rejected as not solved."""
+
+
+def _feasible(z: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> bool:
+    if z is None or not np.all(np.isfinite(z)):
+        return False
+    if z.min() < -1e-7 or z.max() > 1 + 1e-7:
+        return False
+    scale = np.abs(matrix).sum(1) + np.abs(offset) + 1.0
+    return bool(np.all(matrix @ z + offset >= -FEASIBILITY_TOLERANCE * scale))
+
+
+def solve_l2(
+    x: np.ndarray, matrix: np.ndarray, offset: np.ndarray, solver: str = DEFAULT_QP_SOLVER
+) -> np.ndarray | None:
+    """argmin ||z - x||_2 s.t. matrix z + offset >= 0, 0 <= z <= 1 (Eq. (3), p = 2) as the QP
+    min 1/2 z'z - x'z; None when infeasible or the solver fails.
+
+    Args:
+        x: (d,) the original point.
+        matrix: (m, d) halfspace normals; offset: (m,).
+        solver: a ``qpsolvers`` name (one of ``QP_SOLVERS``).
+    """
+    import qpsolvers
+
+    d = x.shape[0]
+    dense = solver in ("proxqp", "daqp")
+    hessian = np.eye(d) if dense else sp.identity(d, format="csc")
+    constraints = -matrix if dense else sp.csc_matrix(-matrix)
+    options = _qp_options(solver)
+    try:
+        z = qpsolvers.solve_qp(
+            hessian,
+            -x,
+            constraints,
+            offset,
+            lb=np.zeros(d),
+            ub=np.ones(d),
+            solver=solver,
+            **options,
+        )
+    except Exception:  # solver failures (numerical errors) count as not solved
+        return None
+    if z is None:
+        return None
+    z = np.clip(z, 0.0, 1.0)
+    return z if _feasible(z, matrix, offset) else None
+
+
+def _qp_options(solver: str) -> dict:
+    if solver == "proxqp":
+        return {"eps_abs": 1e-9, "eps_rel": 0.0, "backend": "dense"}
+    if solver == "piqp":
+        return {"eps_abs": 1e-9, "eps_rel": 1e-10}
+    if solver == "osqp":
+        return {"eps_abs": 1e-9, "eps_rel": 1e-9, "max_iter": 20000, "polishing": True}
+    if solver == "clarabel":
+        return {"tol_gap_abs": 1e-10, "tol_gap_rel": 1e-10, "tol_feas": 1e-10}
+    return {}
+
+
+def solve_linf(x: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray | None:
+    """argmin ||z - x||_inf s.t. matrix z + offset >= 0, 0 <= z <= 1 (Eq. (3), p = inf) as the
+    LP min t s.t. |z_i - x_i| <= t, solved with HiGHS; None when infeasible.
+
+    Args:
+        x: (d,) the original point.
+        matrix: (m, d) halfspace normals; offset: (m,).
+    """
+    d = x.shape[0]
+    eye = sp.identity(d, format="csr")
+    ones = sp.csr_matrix(np.ones((d, 1)))
+    rows = sp.vstack(
+        [
+            sp.hstack([sp.csr_matrix(-matrix), sp.csr_matrix((matrix.shape[0], 1))]),
+            sp.hstack([eye, -ones]),
+            sp.hstack([-eye, -ones]),
+        ],
+        format="csr",
+    )
+    rhs = np.concatenate([offset, x, -x])
+    cost = np.zeros(d + 1)
+    cost[-1] = 1.0
+    bounds = np.column_stack([np.r_[np.zeros(d), 0.0], np.r_[np.ones(d), 1.0]])
+    res = linprog(cost, A_ub=rows, b_ub=rhs, bounds=bounds, method="highs")
+    if res.status != 0:
+        return None
+    z = np.clip(res.x[:d], 0.0, 1.0)
+    return z if _feasible(z, matrix, offset) else None
+
+
+def solve_l1(x: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarray | None:
+    """argmin ||z - x||_1 s.t. matrix z + offset >= 0, 0 <= z <= 1 (Eq. (3), p = 1) as the LP in
+    z = x + u - v, u in [0, 1 - x], v in [0, x], min sum(u + v), solved with HiGHS.
+
+    Args:
+        x: (d,) the original point.
+        matrix: (m, d) halfspace normals; offset: (m,).
+    """
+    d = x.shape[0]
+    rows = np.hstack([-matrix, matrix])
+    rhs = matrix @ x + offset
+    bounds = np.column_stack([np.zeros(2 * d), np.r_[1.0 - x, x]])
+    res = linprog(np.ones(2 * d), A_ub=rows, b_ub=rhs, bounds=bounds, method="highs")
+    if res.status != 0:
+        return None
+    z = np.clip(x + res.x[:d] - res.x[d:], 0.0, 1.0)
+    return z if _feasible(z, matrix, offset) else None
+
+
+def solve_region_problem(
+    x: np.ndarray, matrix: np.ndarray, offset: np.ndarray, p: float, solver: str | None = None
+) -> np.ndarray | None:
+    """The Lp-closest point to x in {matrix z + offset >= 0} within [0, 1]^d (Eq. (3)).
+
+    Args:
+        x: (d,) the original point.
+        matrix: (m, d) halfspace normals; offset: (m,).
+        p: 1, 2 or inf.
+        solver: the QP solver for p = 2 (``qpsolvers`` name; default DAQP).
+    """
+    if p == 2:
+        return solve_l2(x, matrix, offset, solver or DEFAULT_QP_SOLVER)
+    if p == INF:
+        return solve_linf(x, matrix, offset)
+    if p == 1:
+        return solve_l1(x, matrix, offset)
+    raise ValueError(f"norm must be 1, 2 or inf; got {p!r}")
+
+
+__all__ = [
+    "DEFAULT_QP_SOLVER",
+    "QP_SOLVERS",
+    "solve_l1",
+    "solve_l2",
+    "solve_linf",
+    "solve_region_problem",
+]

@@ -1,0 +1,308 @@
+"""Linear-region geometry, the per-region convex programs, rLR-QP (Croce & Hein 2018) and the exact
+MIP (Tjeng et al. 2019) on small networks with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import linprog, minimize
+from torch import nn
+
+from advx.attacks import get_attack, linear_region
+from advx.attacks.linear_region import (
+    activation_patterns,
+    float64_layers,
+    linear_regions,
+    piecewise_linear_layers,
+    solve_l1,
+    solve_l2,
+    solve_linf,
+)
+from advx.verify import minimal_perturbation
+
+INF = float("inf")
+
+
+def _mlp(seed=0, sizes=(6, 8, 8, 3), batchnorm=True):
+    torch.manual_seed(seed)
+    layers = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            if batchnorm and i == 0:
+                layers.append(nn.BatchNorm1d(b))
+            layers += [nn.ReLU(), nn.Dropout(0.3)]
+    net = nn.Sequential(*layers)
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _convnet(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1),
+        nn.BatchNorm2d(3),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+    net[1].running_mean.uniform_(-0.2, 0.2)
+    net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize("builder, shape", [(_mlp, (6,)), (_convnet, (1, 8, 8))])
+def test_region_reproduces_logits_inside_the_region(builder, shape):
+    net = builder().double()
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand((4, *shape), generator=gen, dtype=torch.float64)
+    layers = float64_layers(net)
+    with torch.no_grad():
+        region = linear_regions(layers, x, net(x))
+    flat = x.reshape(4, -1)
+    assert (region.slack(flat) >= -1e-12).all()
+    checked = 0
+    for scale in (1e-2, 1e-3, 1e-4):
+        z = x + scale * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+        same = (activation_patterns(layers, z) == region.patterns).all(1)
+        with torch.no_grad():
+            theirs = net(z)
+        mine = region.logits(z.reshape(4, -1))
+        assert (mine - theirs)[same].abs().max().item() < 1e-5 if same.any() else True
+        assert (region.slack(z.reshape(4, -1))[same] >= -1e-9).all()
+        checked += int(same.sum())
+    assert checked >= 4
+    # a point whose pattern differs violates some halfspace of the region
+    far = torch.rand((4, *shape), generator=gen, dtype=torch.float64)
+    differs = ~(activation_patterns(layers, far) == region.patterns).all(1)
+    assert differs.any()
+    assert ((region.slack(far.reshape(4, -1)) < 0).any(1) == differs).all()
+
+
+def test_region_of_a_float32_model_matches_its_logits():
+    net = _convnet(2)
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        region = linear_regions(float64_layers(net), x.double(), net(x))
+    assert region.logits_map.shape == (3, 3, 64)
+
+
+@pytest.mark.parametrize("layer", [nn.Tanh(), nn.Sigmoid(), nn.LeakyReLU()])
+def test_unsupported_layers_raise_type_error_naming_them(layer):
+    net = nn.Sequential(nn.Linear(4, 5), layer, nn.Linear(5, 2))
+    name = type(layer).__name__
+    with pytest.raises(TypeError, match=name):
+        piecewise_linear_layers(net)
+    with pytest.raises(TypeError, match=name):
+        linear_region(net, torch.rand(2, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(TypeError, match=name):
+        minimal_perturbation(net, torch.rand(2, 4), torch.zeros(2, dtype=torch.long), norm=2)
+
+
+def _random_instance(seed, d=5, m=3):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.2, 0.8, d)
+    matrix = rng.normal(size=(m, d))
+    offset = -(matrix @ x) - rng.uniform(0.05, 0.5, m)  # x violates every halfspace
+    return x, matrix, offset
+
+
+def _feasible_region(matrix, offset):
+    """Whether {matrix z + offset >= 0} meets the box (an LP)."""
+    res = linprog(np.zeros(matrix.shape[1]), A_ub=-matrix, b_ub=offset, bounds=(0, 1))
+    return res.status == 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_region_qp_matches_slsqp(seed):
+    x, matrix, offset = _random_instance(seed)
+    z = solve_l2(x, matrix, offset)
+    if not _feasible_region(matrix, offset):
+        assert z is None
+        return
+    ref = minimize(
+        lambda v: 0.5 * np.sum((v - x) ** 2),
+        np.clip(x, 0, 1),
+        jac=lambda v: v - x,
+        constraints=[
+            {"type": "ineq", "fun": lambda v: matrix @ v + offset, "jac": lambda v: matrix}
+        ],
+        bounds=[(0, 1)] * len(x),
+        method="SLSQP",
+        options={"ftol": 1e-14, "maxiter": 500},
+    )
+    assert ref.success
+    assert np.linalg.norm(z - x) == pytest.approx(np.linalg.norm(ref.x - x), rel=1e-6, abs=1e-7)
+    assert np.all(matrix @ z + offset >= -1e-7)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_region_lps_match_linprog(seed):
+    x, matrix, offset = _random_instance(seed)
+    if not _feasible_region(matrix, offset):
+        assert solve_linf(x, matrix, offset) is None
+        assert solve_l1(x, matrix, offset) is None
+        return
+    d = len(x)
+    # L1 in (z, e), e >= |z - x|: a different formulation from solve_l1's
+    cost = np.r_[np.zeros(d), np.ones(d)]
+    eye = np.eye(d)
+    rows = np.block([[-matrix, np.zeros_like(matrix)], [eye, -eye], [-eye, -eye]])
+    rhs = np.r_[offset, x, -x]
+    ref = linprog(cost, A_ub=rows, b_ub=rhs, bounds=[(0, 1)] * d + [(0, None)] * d)
+    z = solve_l1(x, matrix, offset)
+    assert np.abs(z - x).sum() == pytest.approx(ref.fun, rel=1e-6, abs=1e-8)
+    # Linf by bisection on t over feasibility LPs with the box [x - t, x + t]
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        t = (lo + hi) / 2
+        bounds = list(zip(np.clip(x - t, 0, 1), np.clip(x + t, 0, 1)))
+        ok = linprog(np.zeros(d), A_ub=-matrix, b_ub=offset, bounds=bounds).status == 0
+        lo, hi = (lo, t) if ok else (t, hi)
+    z = solve_linf(x, matrix, offset)
+    assert np.abs(z - x).max() == pytest.approx(hi, abs=1e-6)
+
+
+def _two_input_net():
+    """2-10-8-3 ReLU net whose three classes all occupy part of [0, 1]^2."""
+    torch.manual_seed(13)
+    net = nn.Sequential(nn.Linear(2, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))
+    with torch.no_grad():
+        net[0].weight.mul_(6)
+        net[0].bias.uniform_(-3, 3)
+    return net.double().eval()
+
+
+def _grid_minimum(net, x, label, p, steps=801):
+    axis = torch.linspace(0, 1, steps, dtype=torch.float64)
+    grid = torch.cartesian_prod(axis, axis)
+    with torch.no_grad():
+        adv = net(grid).argmax(1) != label
+    dist = torch.linalg.vector_norm(grid[adv] - x, ord=p, dim=1)
+    return float(dist.min())
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_two_input_net_rlr_and_mip_equal_the_grid_minimum(p):
+    net = _two_input_net()
+    x = torch.tensor([[0.3, 0.6], [0.7, 0.2], [0.5, 0.5]], dtype=torch.float64)
+    with torch.no_grad():
+        labels = net(x).argmax(1)
+    adv = linear_region(net, x, labels, norm=p, generator=torch.Generator().manual_seed(0))
+    rlr = torch.linalg.vector_norm(adv - x, ord=p, dim=1)
+    res = minimal_perturbation(net, x, labels, norm=p, time_limit=30)
+    spacing = 1 / 800 * (2**0.5 if p == 2 else 1)
+    for i in range(3):
+        grid = _grid_minimum(net, x[i], int(labels[i]), p)
+        assert res.status[i] == "optimal"
+        assert abs(float(res.norms[i]) - grid) <= spacing
+        assert abs(float(rlr[i]) - grid) <= spacing
+        assert float(res.lower_bounds[i]) <= float(rlr[i]) + 1e-6
+        with torch.no_grad():
+            assert net(res.adversarials[i : i + 1]).argmax(1) != labels[i]
+
+
+@pytest.mark.parametrize("p", [2.0, INF, 1.0])
+def test_mip_on_a_linear_model_equals_the_closed_form(p):
+    torch.manual_seed(4)
+    d, k = 12, 3
+    net = nn.Sequential(nn.Linear(d, k)).double().eval()
+    with torch.no_grad():  # logits nearly tied at the centre: the boundary is close to x
+        net[0].weight.mul_(10.0)
+        net[0].bias.copy_(-net[0].weight.sum(1) / 2 + 0.3 * torch.randn(k, dtype=torch.float64))
+    x = torch.full((2, d), 0.5, dtype=torch.float64)
+    x[1] += 0.05 * torch.randn(d, dtype=torch.float64)
+    with torch.no_grad():
+        logits = net(x)
+    labels = logits.argmax(1)
+    w, b = net[0].weight.detach(), net[0].bias.detach()
+    q = {2.0: 2.0, INF: 1.0, 1.0: INF}[p]
+    res = minimal_perturbation(net, x, labels, norm=p, time_limit=30)
+    for i in range(2):
+        c = int(labels[i])
+        dists = [
+            float((logits[i, c] - logits[i, s]) / torch.linalg.vector_norm(w[c] - w[s], ord=q))
+            for s in range(k)
+            if s != c
+        ]
+        closed = min(dists)
+        assert closed < 0.4  # the box does not bind at this distance from 0.5
+        assert res.status[i] == "optimal"
+        assert float(res.norms[i]) == pytest.approx(closed, rel=1e-3)
+        assert float(res.lower_bounds[i]) <= closed * (1 + 1e-6)
+    del b
+
+
+def test_mip_lower_bound_never_above_an_attack_norm():
+    net = _mlp(5, sizes=(10, 12, 3), batchnorm=False).double()
+    x = torch.rand(4, 10, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    with torch.no_grad():
+        labels = net(x).argmax(1)
+    res = minimal_perturbation(net, x, labels, norm=2, time_limit=30)
+    attacks = {
+        "rlr": linear_region(net, x, labels, generator=torch.Generator().manual_seed(0)),
+        "deepfool": get_attack("deepfool").function(net, x, labels),
+        "ddn": get_attack("ddn").function(net, x, labels, steps=100),
+    }
+    for adv in attacks.values():
+        with torch.no_grad():
+            ok = net(adv).argmax(1) != labels
+        norms = torch.linalg.vector_norm(adv - x, dim=1)
+        assert (res.lower_bounds[ok] <= norms[ok] + 1e-6).all()
+    assert all(s == "optimal" for s in res.status)
+
+
+def test_attack_contract_basics():
+    net = _mlp(6).train()
+    x = torch.rand(3, 6, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1, 2])
+    before = x.clone()
+    out = linear_region(
+        net, x, labels, n1=2, n2=2, n3=1, n4=1, generator=torch.Generator().manual_seed(1)
+    )
+    again = linear_region(
+        net, x, labels, n1=2, n2=2, n3=1, n4=1, generator=torch.Generator().manual_seed(1)
+    )
+    assert net.training  # restored
+    assert torch.equal(x, before)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert out.min() >= 0 and out.max() <= 1
+    assert torch.equal(out, again)
+    net.eval()
+    with torch.no_grad():
+        moved = (out != x).any(1)
+        assert (net(out).argmax(1)[moved] != labels[moved]).all()
+
+
+def test_targeted_reaches_the_target():
+    net = _two_input_net()
+    x = torch.tensor([[0.3, 0.6], [0.7, 0.2]], dtype=torch.float64)
+    with torch.no_grad():
+        pred = net(x).argmax(1)
+    targets = (pred + 1) % 3
+    out = linear_region(net, x, targets, targeted=True, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reached = net(out).argmax(1) == targets
+    res = minimal_perturbation(net, x, targets, norm=2, targeted=True, time_limit=30)
+    for i in range(2):
+        if reached[i]:
+            assert float(res.lower_bounds[i]) <= float((out[i] - x[i]).norm()) + 1e-6
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [({"n1": 0}, "n1"), ({"alpha": 0.5}, "alpha"), ({"target_classes": "some"}, "target_classes"),
+     ({"norm": 3}, "norm"), ({"init": "pgd"}, "init"), ({"solver": "gurobi"}, "solver")],
+)  # fmt: skip
+def test_bad_arguments_name_the_argument(kwargs, name):
+    net = _mlp(0)
+    with pytest.raises(ValueError, match=name):
+        linear_region(net, torch.rand(2, 6), torch.zeros(2, dtype=torch.long), **kwargs)
