@@ -21,6 +21,7 @@ from .._core import (
     attack_mode,
     check_int,
     check_positive,
+    contract,
     dual_exponent,
     is_adversarial,
     parse_norm,
@@ -403,6 +404,7 @@ def _one_application(
     return out
 
 
+@contract
 def linear_region(
     model: nn.Module,
     inputs: Tensor,
@@ -462,8 +464,8 @@ def linear_region(
     """
     p = parse_norm(norm, (1.0, 2.0, INF))
     _check_arguments(n1, n2, n3, n4, alpha, init, target_classes, applications, solver)
-    piecewise_linear_layers(model)  # TypeError naming an unsupported layer, before any work
     clean_logits = validate(model, inputs, labels)
+    piecewise_linear_layers(model)  # TypeError naming an unsupported layer, before any work
     inputs = inputs.detach()
     settings = _Settings(p=p, targeted=bool(targeted), alpha=float(alpha), solver=solver)
     record = {
