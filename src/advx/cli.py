@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-samples", type=_positive_int, help="train on the first N training images only"
     )
     train.add_argument(
+        "--distill",
+        type=float,
+        metavar="T",
+        help="defensive distillation at temperature T (saved as <name>-distilled-t<T>)",
+    )
+    train.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
@@ -180,7 +186,9 @@ def _command_train(args: argparse.Namespace) -> int:
         "init_from": args.init_from,
         "max_samples": args.max_samples,
     }
-    if args.adversarial is None:
+    if args.distill is not None:
+        _model, metrics, saved = _distill_train(args, common)
+    elif args.adversarial is None:
         if args.settings or args.max_norm is not None:
             raise UsageError("--set and --max-norm need --adversarial ATTACK")
         saved = args.name
@@ -190,6 +198,18 @@ def _command_train(args: argparse.Namespace) -> int:
     accuracy = metrics.get("test_accuracy")
     print(f"trained {saved}: test accuracy {accuracy:.4f}, saved to {models.model_path(saved)}")
     return 0
+
+
+def _distill_train(args: argparse.Namespace, common: dict):
+    from .defenses.distillation import distillation, student_name
+
+    if args.adversarial is not None or args.init_from is not None:
+        raise UsageError("--distill cannot be combined with --adversarial or --init-from")
+    if not args.distill > 0:
+        raise UsageError(f"--distill: the temperature must be > 0, got {args.distill:g}")
+    common = {k: v for k, v in common.items() if k != "init_from"}
+    model, metrics = distillation(args.name, args.distill, data_dir=args.data_dir, **common)
+    return model, metrics, student_name(args.name, args.distill)
 
 
 def _adversarial_train(args: argparse.Namespace, common: dict):
