@@ -298,3 +298,29 @@ def test_cli_distill_rejects_bad_settings(argv, named, capsys):
 
     assert main(argv) == 2
     assert named in capsys.readouterr().err
+
+
+@needs_mnist
+def test_madry_recipe_trains_on_pgd_linf_examples_and_resumes(tmp_path):
+    from advx.defenses.madry import madry_name, madry_training
+    from advx.models.checkpoints import read_checkpoint
+
+    torch.set_num_threads(1)
+    common = dict(architecture="mnist-fcnn", data_dir=DATA, cache_dir=tmp_path)
+    common |= dict(max_samples=256, epochs=1, steps=3, progress=False)
+    model, metrics = madry_training(0.3, **common)
+    checkpoint = read_checkpoint(tmp_path / "mnist-madry.ckpt")
+    extra = checkpoint["recipe"]["extra"]
+    assert extra["attack"] == "pgd" and extra["max_norm"] == 0.3 and extra["beta"] == 0.0
+    assert extra["attack_kwargs"] == {
+        "norm": float("inf"),
+        "steps": 3,
+        "step_size": 0.01,
+        "random_start": True,
+    }
+    assert load("mnist-madry", cache_dir=tmp_path, train_if_missing=False) is not None
+    _, again = madry_training(0.3, **common)
+    assert again["train_time_s"] == metrics["train_time_s"]
+    assert madry_name(0.1) == "mnist-madry-eps0.1"
+    with pytest.raises(ValueError, match="eps"):
+        madry_name(0.0)
