@@ -226,8 +226,9 @@ def run_transfer(args, results: Results) -> None:
     with torch.no_grad():
         both = target(x).argmax(1) == y
     x, y = x[both][: args.n], y[both][: args.n]
-    plan = [(m, k) for k in TRANSFER_KAPPAS for m in ("EAD", "C&W")]
-    plan += [(f"I-FGM-{n}", None) for n in ("Linf", "L2", "L1")]
+    plan = [(m, k) for k in args.kappas or TRANSFER_KAPPAS for m in ("EAD", "C&W")]
+    if not args.no_ifgm:
+        plan += [(f"I-FGM-{n}", None) for n in ("Linf", "L2", "L1")]
     for method, kappa in plan:
         key = f"transfer/{method}/{kappa}/{args.n}/{json.dumps(BUDGET)}" + _lr_tag(method)
         if key in results:
@@ -289,7 +290,7 @@ def _squeeze_lines(rows: list[dict]) -> list[str]:
     body = []
     for r in sorted(
         (r for r in rows if r.get("part") == "squeeze"),
-        key=lambda r: (r["method"], r["mode"], r["kappa"]),
+        key=lambda r: (r["method"], ("untargeted", "next", "ll").index(r["mode"]), r["kappa"]),
     ):
         thesis = THESIS_TABLE11.get((r["method"], r["kappa"]), {}).get(r["mode"])
         body.append(
@@ -470,6 +471,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=10, help="images (all 9 targets each)")
     parser.add_argument("--out", default="results/defenses")
     parser.add_argument("--cache-dir", default=None, help="where the distilled models are")
+    parser.add_argument("--kappas", nargs="*", type=int, help="transfer kappas (in this order)")
+    parser.add_argument("--no-ifgm", action="store_true", help="transfer: skip the I-FGM rows")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test)")
     parser.add_argument("--doc", default="docs/results/defenses.md")
