@@ -12,10 +12,11 @@ docs/results/defenses.md generated from the stored rows.
   (``advx.evaluation.transfer``, all 9 targets, best / average / worst case) over kappa, and
   I-FGM (minimal eps on the Table 4 grid) for comparison.
 
-    python benchmarks/defenses.py --parts squeeze --n 10 --out results/defenses
-    python benchmarks/defenses.py --parts distill transfer --n 5 --out results/defenses \
+    python benchmarks/defenses.py --parts squeeze --n 20 --out results/defenses
+    python benchmarks/defenses.py --parts distill transfer --n 4 --out results/defenses-distill \
         --cache-dir /work/cache/defenses-reduced
-    python benchmarks/defenses.py --report --out results/defenses --doc docs/results/defenses.md
+    python benchmarks/defenses.py --report --inputs results/defenses results/defenses-distill \
+        --doc docs/results/defenses.md --notes benchmarks/defenses_notes.md
 
 Rows are appended to ``<out>/results.jsonl`` as they are measured; a rerun skips those already
 there. ``--report`` reads the stored rows only. The script never trains a model (train the
@@ -50,7 +51,7 @@ CW_LR = 0.1
 # mnist-cnn's clean logit margin has median 11 (logits within +-21 on 500 test images): kappa 40
 # needs L2 ~ 13 there (measured on 5 images), so the grids stop at 20 (see the report's notes).
 SQUEEZE_KAPPAS = (20, 10, 5, 15)  # measured in this order
-TRANSFER_KAPPAS = (0, 10, 20, 5, 15)
+TRANSFER_KAPPAS = (0, 10, 20, 5, 15, 25, 30)
 
 THESIS_TABLE11 = {  # (attack, kappa) -> {mode: (ASR %, L1, L2, Linf)}
     ("C&W", 10): {"untargeted": (0, 21.05, 1.962, 0.568), "next": (0, 31.94, 2.748, 0.655),
