@@ -171,6 +171,12 @@ def _add_train_parser(commands) -> None:
         "--max-samples", type=_positive_int, help="train on the first N training images only"
     )
     train.add_argument(
+        "--distill",
+        type=float,
+        metavar="T",
+        help="defensive distillation at temperature T (saved as <name>-distilled-t<T>)",
+    )
+    train.add_argument(
         "--set",
         action="append",
         metavar="KEY=VALUE",
@@ -545,7 +551,12 @@ def _command_train(args: argparse.Namespace) -> int:
     }
     checkpoint = models.resolve_cache_dir() / f"{args.name}.ckpt"
     try:
-        if args.adversarial is None:
+        if args.distill is not None:
+            if device.type != "cpu":
+                raise UsageError("--device: distillation runs on the CPU only")
+            _model, metrics, saved = _distill_train(args, common)
+            checkpoint = models.resolve_cache_dir() / f"{saved}.ckpt"
+        elif args.adversarial is None:
             if args.settings or args.max_norm is not None:
                 raise UsageError("--set and --max-norm need --adversarial ATTACK")
             saved = args.name
@@ -563,6 +574,18 @@ def _command_train(args: argparse.Namespace) -> int:
     accuracy = metrics.get("test_accuracy")
     print(f"trained {saved}: test accuracy {accuracy:.4f}, saved to {models.model_path(saved)}")
     return 0
+
+
+def _distill_train(args: argparse.Namespace, common: dict):
+    from .defenses.distillation import distillation, student_name
+
+    if args.adversarial is not None or args.init_from is not None:
+        raise UsageError("--distill cannot be combined with --adversarial or --init-from")
+    if not args.distill > 0:
+        raise UsageError(f"--distill: the temperature must be > 0, got {args.distill:g}")
+    common = {k: v for k, v in common.items() if k != "init_from"}
+    model, metrics = distillation(args.name, args.distill, data_dir=args.data_dir, **common)
+    return model, metrics, student_name(args.name, args.distill)
 
 
 def _adversarial_train(args: argparse.Namespace, common: dict):

@@ -11,11 +11,13 @@ from .metrics import (
 )
 from .runner import RunResult, check_adversarials, choose_targets, run_attack
 from .store import ResultsStore, resolve_db_path, run_key
+from .transfer import Ensemble, transfer
 
 __all__ = [
     "L0_TOLERANCE",
     "CountingModel",
     "Counts",
+    "Ensemble",
     "ResultsStore",
     "RunResult",
     "check_adversarials",
@@ -27,4 +29,5 @@ __all__ = [
     "run_key",
     "summarize",
     "target_case_summary",
+    "transfer",
 ]

@@ -192,6 +192,7 @@ class _Plan:
     p: float
     eps: float | None
     seed: int
+    detector: nn.Module | None = None
 
     @property
     def norm(self) -> str:
@@ -224,6 +225,8 @@ def _attack_batch(
     if plan.eps is not None and not plan.info.minimal_norm:
         inside = torch.from_numpy(within_budget(norms["lp"], plan.eps))
         success = success.cpu() & inside
+    if plan.detector is not None:
+        success = success.cpu() & ~plan.detector.detect(adversarials).cpu()
     n = x.shape[0]
     cost = {
         "seconds": seconds / n,
@@ -278,6 +281,7 @@ def _config(
     targets: Tensor | None,
     data_spec: Mapping | None,
     batch_size: int,
+    extra: Mapping | None = None,
 ) -> dict:
     """The run configuration whose hash is the run key."""
     data = (
@@ -288,7 +292,7 @@ def _config(
             "fingerprint": fingerprint(images, labels),
         }
     )
-    return {
+    config = {
         "model": model_name or type(model).__name__,
         "attack": plan.info.name,
         "norm": plan.norm,
@@ -300,6 +304,9 @@ def _config(
         "seed": plan.seed,
         "batch_size": batch_size,
     }
+    if plan.detector is not None:
+        config["detector"] = plan.detector.describe()
+    return config | dict(extra or {})
 
 
 @dataclass
@@ -388,6 +395,8 @@ def run_attack(
     seed: int = 0,
     keep_images: int = 8,
     progress: bool = True,
+    detector: nn.Module | None = None,
+    config_extra: Mapping | None = None,
 ) -> RunResult:
     """Run ``attack`` on ``images`` batch by batch and measure it honestly.
 
@@ -405,6 +414,10 @@ def run_attack(
     (:func:`target_cases`). ``data_spec`` identifies the data in the run key
     (default: a fingerprint of images, labels and targets). ``epsilons``: where to read robust
     accuracy for minimal-norm attacks. The first ``keep_images`` examples are stored as images.
+    ``detector``: an object with ``detect(x) -> bool tensor`` and ``describe() -> dict`` (e.g.
+    ``advx.defenses.FeatureSqueezing``); an example then succeeds only if it is adversarial and
+    not detected (thesis Sec. 4.3.7.3), and the detector is part of the run key.
+    ``config_extra``: more entries of the run configuration (e.g. a transfer run's sources).
     """
     hyperparameters = dict(hyperparameters or {})
     info = resolve_attack(attack, hyperparameters)
@@ -428,8 +441,10 @@ def run_attack(
         kwargs["norm"] = p
     eps = kwargs.get("eps")
     eps = float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else None
-    plan = _Plan(info, kwargs, p, eps, seed)
-    config = _config(plan, model, model_name, images, labels, targets, data_spec, batch_size)
+    plan = _Plan(info, kwargs, p, eps, seed, detector)
+    config = _config(
+        plan, model, model_name, images, labels, targets, data_spec, batch_size, config_extra
+    )
     run_id, done = store.open_run(config) if store is not None else (None, set())
     job = _Job(plan, model, images, labels, targets, batch_size, device, store, run_id, done)
     bar = tqdm(
