@@ -356,8 +356,8 @@ def _peer_verdict(group: list[dict]) -> list[str]:
         return []
     best = min(peers, key=lambda r: r["mean_l1"])
     out = [
-        f"- mean L1: advx {mine['mean_l1']:.3f} vs the best fully successful peer "
-        f"({best['library']}) {best['mean_l1']:.3f}: ratio {mine['mean_l1'] / best['mean_l1']:.3f}"
+        f"- mean L1: advx {mine['mean_l1']:.4f} vs the best fully successful peer "
+        f"({best['library']}) {best['mean_l1']:.4f}: ratio {mine['mean_l1'] / best['mean_l1']:.4f}"
     ]
     fool = next((r for r in group if r["library"] == "foolbox"), None)
     if fool is not None:
