@@ -261,7 +261,7 @@ def test_every_registered_attack_is_covered():
         assert info.paper, f"{info.name}: the registry names no paper"
 
 
-def test_registry_copy_is_independent():
+def test_registry_entries_are_frozen():
     """AttackInfo is frozen and its quick settings are read-only."""
     info = copy.copy(ATTACKS["fgm"])
     with pytest.raises(AttributeError):
