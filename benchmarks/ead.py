@@ -314,7 +314,7 @@ def _peer_lines(folders: list[str]) -> list[str]:
     lines = []
     runs: dict[tuple, list[dict]] = {}
     for r in rows:
-        runs.setdefault((r["model"], r["n"], r["budget"], r.get("date", "")[:13]), []).append(r)
+        runs.setdefault((r["model"], r["n"], r["budget"], r.get("date", "")[:16]), []).append(r)
     for (model, n, budget, date), group in runs.items():
         lines += [
             f"**{model}**, {budget}, first {n} correctly classified images (untargeted), "
