@@ -244,34 +244,24 @@ register(
 # Linear-region paper (Croce & Hein, GCPR 2018) models: N1 (784-50-10) and N2 (784-50-15-10) for
 # the comparison with the exact MIP (Table 1), and the k x 1024 ReLU MLPs of Table 2 (1x1024 is
 # "mnist-mlp" above).
-register(
-    ModelSpec(
-        name="mnist-n1",
-        dataset="mnist",
-        builder=partial(MnistFCNN, hidden=(50,)),
-        epochs=6,
-        batch_size=128,
-        optimizer="adam",
-        lr=2e-3,
-        schedule="onecycle",
-        expected_accuracy=0.96,
-        description="N1 of the linear-region paper: MLP 784-50-10 (ReLU)",
+for _name, _hidden, _shape in (
+    ("mnist-n1", (50,), "784-50-10"),
+    ("mnist-n2", (50, 15), "784-50-15-10"),
+):
+    register(
+        ModelSpec(
+            name=_name,
+            dataset="mnist",
+            builder=partial(MnistFCNN, hidden=_hidden),
+            epochs=6,
+            batch_size=128,
+            optimizer="adam",
+            lr=2e-3,
+            schedule="onecycle",
+            expected_accuracy=0.96,
+            description=f"{_name[-2:].upper()} of the linear-region paper: MLP {_shape} (ReLU)",
+        )
     )
-)
-register(
-    ModelSpec(
-        name="mnist-n2",
-        dataset="mnist",
-        builder=partial(MnistFCNN, hidden=(50, 15)),
-        epochs=6,
-        batch_size=128,
-        optimizer="adam",
-        lr=2e-3,
-        schedule="onecycle",
-        expected_accuracy=0.96,
-        description="N2 of the linear-region paper: MLP 784-50-15-10 (ReLU)",
-    )
-)
 for _layers in (5, 10):
     register(
         ModelSpec(
