@@ -2,82 +2,81 @@
 (../shared/papers/self-adaptive-norm-update.txt) on our models.
 
 For each model and iteration budget: mean and median L2 of the best adversarial, success rate and
-seconds per image, untargeted on the first N correctly classified test images and targeted towards
-every other class on the first M. Also the curve of the mean best-so-far norm against iteration
-(one DDN and one ANU run at the largest curve budget) as a PNG.
+seconds per image, untargeted on the first N correctly classified test images (Table 1) and
+targeted towards every other class on the first M (Table 2: success and norms over every
+(image, target) pair, the average case; the store's summary also holds best and worst). Also the
+curve of the mean best-so-far norm against iteration (one DDN and one ANU run at
+``--curve-steps``) as a PNG.
+
+The table rows are the ``advx bench`` sweeps ``benchmarks/configs/ddn_anu_table1_<dataset>.toml``
+and ``ddn_anu_table2_<dataset>.toml`` (hyperparameters: ``DDN_DEFAULTS``, ``ANU_DEFAULTS``,
+``ANU_TARGETED_DEFAULTS``) with ``--n`` / ``--targeted-n``, ``--models``, ``--budgets`` and
+``--batch-size`` applied, run by ``run_sweep`` into ``<out>/sweep.sqlite`` (``--executor
+local|ray``; a rerun skips the finished jobs) and read back from the store. The script itself
+computes only the curve, which needs the attacks' per-iteration callback (rows of
+``<out>/results.jsonl``, resumed on a rerun).
 
     python benchmarks/ddn_anu.py --models mnist-cnn cifar-cnn --n 1000 --targeted-n 100 \
         --budgets 50 70 100 200 500 1000 --out results/ddn_anu
-
-Figures print as they are measured and are appended to ``<out>/results.jsonl``; a rerun skips
-the rows already there (resume).
+    python benchmarks/ddn_anu.py --models mnist-cnn --n 5 --targeted-n 2 --budgets 10 20 \
+        --curve-steps 20 --curve-n 5 --threads 1 --out /tmp/ddn_anu        # smoke run
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import _harness as harness
 import torch
 
-from advx.attacks import (
-    ANU_DEFAULTS,
-    ANU_TARGETED_DEFAULTS,
-    DDN_DEFAULTS,
-    all_targets,
-    anu,
-    ddn,
-    lp_norm,
-)
+from advx.attacks import anu, ddn, lp_norm
 from advx.models import get_spec
 
-
-def _dataset(model_name: str) -> str:
-    return get_spec(model_name).dataset
-
-
-def _settings(method: str, dataset: str, targeted: bool) -> dict:
-    if method == "ddn":
-        return dict(DDN_DEFAULTS[dataset])
-    table = ANU_TARGETED_DEFAULTS if targeted else ANU_DEFAULTS
-    return dict(table[dataset])
+CONFIGS = Path(__file__).parent / "configs"
+MODES = {"untargeted": "table1", "targeted": "table2"}
+METHODS = ("ddn", "anu")
 
 
-def _run(model, x, y, targets, method: str, steps: int, dataset: str, batch: int):
-    """One DDN or ANU run through the runner; ``targets`` None for the untargeted mode."""
-    targeted = targets is not None
-    kwargs = _settings(method, dataset, targeted) | {"steps": steps}
-    figures = harness.measure(
-        model,
-        x,
-        y,
-        method,
-        norm=2,
-        hyperparameters=kwargs,
-        batch=batch,
-        targeted=targeted,
-        targets=targets,
+def _table_rows(dataset: str, models: list[str], args) -> list[dict]:
+    """The Table 1 and Table 2 rows of ``models`` (all of ``dataset``), from the sweeps."""
+    overrides = {} if args.budgets is None else {m: {"steps": args.budgets} for m in METHODS}
+    rows = []
+    for mode, table in MODES.items():
+        n = args.n if mode == "untargeted" else args.targeted_n
+        path = CONFIGS / f"ddn_anu_{table}_{dataset}.toml"
+        config = harness.sweep_config(path, args, n=n, models=models, overrides=overrides)
+        for entry in harness.sweep_rows(config, args):
+            if entry["figures"] is not None:
+                rows.append(_row(entry, mode))
+    order = {mode: i for i, mode in enumerate(MODES)}
+    return sorted(
+        rows, key=lambda r: (r["model"], order[r["mode"]], r["steps"], METHODS.index(r["method"]))
     )
+
+
+def _row(entry: dict, mode: str) -> dict:
+    """One table row from a stored run (``harness.sweep_rows``)."""
+    job, figures = entry["job"], entry["figures"]
     return {
+        "model": job.model,
+        "mode": mode,
+        "method": job.attack,
+        "steps": job.hyperparameters["steps"],
+        "n": entry["summary"]["n"],
         "success": figures["success"],
         "mean_l2": figures["mean"],
         "median_l2": figures["median"],
         "seconds_per_image": figures["seconds_per_image"],
         "gradients_per_image": figures["gradients_per_image"],
+        "run_id": entry["run_id"],
+        "hyperparameters": job.hyperparameters,
     }
 
 
-def _targeted_set(x, y, num_classes: int):
-    """Every (image, other class) pair, the ANU paper's targeted protocol: the images, their
-    true labels and the target classes."""
-    index, targets = all_targets(y, num_classes)
-    return x[index], y[index], targets
-
-
-def _curve(model, x, y, method: str, steps: int, dataset: str) -> list[float]:
+def _curve(model, x, y, method: str, settings: dict) -> list[float]:
     """Mean over images of the best adversarial L2 found up to iteration k; NaN (not plotted)
-    until every image has an adversarial, so that each point averages the same images."""
+    until every image has an adversarial, so that each point averages the same images.
+    Called directly, not through ``run_attack``: the runner has no per-iteration callback."""
     best = torch.full((x.shape[0],), float("inf"))
     history = []
 
@@ -87,12 +86,47 @@ def _curve(model, x, y, method: str, steps: int, dataset: str) -> list[float]:
         history.append(best.clone())
 
     attack = ddn if method == "ddn" else anu
-    attack(model, x, y, **(_settings(method, dataset, False) | {"steps": steps}), callback=callback)
+    attack(model, x, y, **settings, callback=callback)
     return [h.mean().item() if torch.isfinite(h).all() else float("nan") for h in history]
+
+
+def _curves(model_name: str, table_rows: list[dict], args, done) -> dict[str, list[float]]:
+    """The best-norm-vs-iteration curve of each method on ``model_name``, with the
+    hyperparameters of its Table 1 runs and ``--curve-steps`` iterations (resumed from
+    ``done``)."""
+    model, x, y = harness.evaluation_images(model_name, args.curve_n, args.data_dir)
+    curves = {}
+    for method in METHODS:
+        key = (model_name, "curve", method, args.curve_steps, x.shape[0])
+        if key not in done:
+            runs = [r for r in table_rows if r["model"] == model_name and r["mode"] == "untargeted"]
+            table = next(r for r in runs if r["method"] == method)
+            settings = table["hyperparameters"] | {"steps": args.curve_steps}
+            done.record(
+                {
+                    "model": model_name,
+                    "mode": "curve",
+                    "method": method,
+                    "steps": args.curve_steps,
+                    "n": x.shape[0],
+                    "values": _curve(model, x, y, method, settings),
+                }
+            )
+        curves[method] = done[key]["values"]
+    return curves
 
 
 def _key(row: dict) -> tuple:
     return (row["model"], row["mode"], row["method"], row["steps"], row["n"])
+
+
+def _print(row: dict) -> None:
+    print(
+        f"{row['model']:<12} {row['mode']:<10} {row['method']:<5} {row['steps']:>5} "
+        f"{row['success']:>8.3f} {row['mean_l2']:>8.4f} "
+        f"{row['median_l2']:>8.4f} {row['seconds_per_image']:>8.4f}",
+        flush=True,
+    )
 
 
 def _plot(curves: dict, out: Path) -> None:
@@ -111,9 +145,11 @@ def _plot(curves: dict, out: Path) -> None:
     fig.suptitle("from the first iteration that fools every image", fontsize=10)
     fig.tight_layout()
     fig.savefig(out / "best_norm_vs_iteration.png", dpi=120)
+    plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the DDN/ANU benchmark; return the table rows (as printed)."""
     parser = harness.parser(
         __doc__,
         models=["mnist-cnn", "cifar-cnn"],
@@ -122,50 +158,29 @@ def main() -> None:
         batch=250,
         threads=2,
     )
+    harness.sweep_options(parser)
     parser.add_argument("--targeted-n", type=int, default=100)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[50, 70, 100, 200, 500, 1000])
+    parser.add_argument(
+        "--budgets", type=int, nargs="+", default=None, help="iterations (default: the configs')"
+    )
     parser.add_argument("--curve-steps", type=int, default=200)
     parser.add_argument("--curve-n", type=int, default=200)
-    args = parser.parse_args()
-    done, curves = harness.setup(args, key=_key), {}
-    out = Path(args.out)
+    args = parser.parse_args(argv)
+    done, out = harness.setup(args, key=_key), Path(args.out)
+    by_dataset: dict[str, list[str]] = {}
+    for name in args.models:
+        by_dataset.setdefault(get_spec(name).dataset, []).append(name)
+    rows = [r for d, models in by_dataset.items() for r in _table_rows(d, models, args)]
     print(
         f"{'model':<12} {'mode':<10} {'method':<5} {'steps':>5} {'success':>8} "
         f"{'mean L2':>8} {'median':>8} {'s/img':>8}"
     )
-    for model_name in args.models:
-        dataset = _dataset(model_name)
-        wanted = max(args.n, args.targeted_n)
-        model, x, y = harness.evaluation_images(model_name, wanted, args.data_dir)
-        xt, yt, tt = _targeted_set(x[: args.targeted_n], y[: args.targeted_n], 10)
-        x, y = x[: args.n], y[: args.n]
-        for mode, (xs, ys, ts) in (("untargeted", (x, y, None)), ("targeted", (xt, yt, tt))):
-            for steps in args.budgets:
-                for method in ("ddn", "anu"):
-                    if (model_name, mode, method, steps, xs.shape[0]) in done:
-                        continue
-                    row = _run(model, xs, ys, ts, method, steps, dataset, args.batch_size)
-                    row |= {
-                        "model": model_name,
-                        "mode": mode,
-                        "method": method,
-                        "steps": steps,
-                        "n": xs.shape[0],
-                    }
-                    done.record(row)
-                    print(
-                        f"{model_name:<12} {mode:<10} {method:<5} {steps:>5} "
-                        f"{row['success']:>8.3f} {row['mean_l2']:>8.4f} "
-                        f"{row['median_l2']:>8.4f} {row['seconds_per_image']:>8.4f}",
-                        flush=True,
-                    )
-        cx, cy = x[: args.curve_n], y[: args.curve_n]
-        curves[model_name] = {
-            m: _curve(model, cx, cy, m, args.curve_steps, dataset) for m in ("ddn", "anu")
-        }
+    for row in rows:
+        _print(row)
+    curves = {name: _curves(name, rows, args, done) for name in args.models}
     if curves:
         _plot(curves, out)
-        (out / "curves.json").write_text(json.dumps(curves))
+    return rows
 
 
 if __name__ == "__main__":
