@@ -6,25 +6,23 @@ On the first ``--n`` correctly classified test images of each model (among the f
 
 * Table 1 (best class): average / worst relative perturbation rho_p = ||delta||_p / ||x||_p
   (eq. (4)) over the successful samples, success rate and seconds per image, for
-  L2: DeepFool-L2, C&W L2 (``--cw-search`` x ``--cw-steps``, default 9 x 1000,
-  initial constant ``--cw-c-init`` 1e-3), TR fixed radius
-  ("TR Non-Adap"), TR adaptive ("TR Adap");
+  L2: DeepFool-L2, C&W L2 (9 x 1000 steps, initial constant 1e-3; ``--cw-search``,
+  ``--cw-steps``, ``--cw-c-init``), TR fixed radius ("TR Non-Adap"), TR adaptive ("TR Adap");
   Linf: DeepFool-Linf; "I-FGSM": ``ifgm`` with 10 steps of 2.5 eps / 10 at the smallest eps per
   sample (eps doubled from 1/255 until it fools, then bisected ``--ifgsm-bisect`` times), a
   stronger baseline than the paper's; "I-FGSM fixed step": the paper's Sec. 4.1 iteration
-  x <- clip(x + eps sign(grad CE)) with eps = ``--ifgsm-step`` (1/255), the first fooling
-  iterate, at most ``--ifgsm-max-steps``; TR fixed, TR adaptive, and "TR adaptive + refine"
-  (``refine_steps=--refine-steps``, 50: the boundary refinement that is not in the paper, see
-  ``trust_region``). TR fixed keeps the attack's
-  default first radius (0.03 d0 since issue 13, d0/4 before; d0 the first linearised distance
-  of each sample) for the whole run, or ``--fixed-radius`` (absolute).
+  x <- clip(x + eps sign(grad CE)) with eps = 1/255 (``--ifgsm-step``), at most 128 steps
+  (``--ifgsm-max-steps``); TR fixed, TR adaptive, and "TR adaptive + refine" (50 boundary
+  refinement steps, ``--refine-steps``: not in the paper, see ``trust_region``). TR fixed keeps
+  the attack's default first radius (0.03 d0, d0 the first linearised distance of each sample)
+  for the whole run.
 * Table 2 (hardest class): the class with the largest linearised distance at the start.
   "[hardest]" rows use ``trust_region(target='hardest')``'s own choice, success = any
   misclassification (the paper's protocol); "DeepFool [hardest]" is DeepFool's step towards
   that same class (``trust_region`` with an unbounded fixed radius: the first-order TR step
   then is the DeepFool step f / ||g||_q, with DeepFool's overshoot and box handling).
   "-> class" rows attack ``select_targets(mode='hardest')``'s class as a fixed target
-  (``deepfool(target=)``, ``trust_region(target=)``), success = that class wins.
+  (``deepfool`` and ``trust_region`` with ``targeted=True``), success = that class wins.
 * Table 5: model accuracy (on the first ``--t5-n`` test images, misclassified ones included, as
   the paper's baseline accuracy) after k = 1..10 iterations of first- and second-order TR (L2,
   best class, fixed radius ``--t5-radius``, default 0.2 in [0, 1] pixel units, which plays the
@@ -38,6 +36,20 @@ On the first ``--n`` correctly classified test images of each model (among the f
 
 The paper's target figures are checked at the end and printed as HOLDS / FAILS.
 
+Where the rows come from: the rows a grid expresses (Table 1 but for "I-FGSM", Table 2 but for
+the "-> class" rows) are the ``advx bench`` sweeps ``<configs>/trust_region_table1_<dataset>.toml``
+and ``trust_region_table2_<dataset>.toml`` (``--configs``, default ``benchmarks/configs``) with
+``--n``, ``--models``, ``--batch-size``, ``--threads`` and the budget options above applied, run
+by ``run_sweep`` into ``<out>/sweep.sqlite`` (``--executor local|ray``; a rerun skips the
+finished jobs) and read back from the store (rho_p: the per-sample ``rel_l2`` / ``rel_linf``).
+Other settings of those rows (e.g. an absolute TR fixed radius) go into edited copies of the
+configs (``--configs``).
+The script computes itself, on the shared harness (``_harness.measure``: ``run_attack``), the
+bisected I-FGSM row (an attack of its own) and the "-> class" rows (their target tensor, which
+no targeted mode of a grid names), appended to ``<out>/results.jsonl`` and skipped on a rerun
+(resume); Table 5 (``trust_region``'s per-iteration callback, which ``run_attack`` cannot
+pass); the checks and the plot.
+
 Measured with this script (notes moved here from the attack's docstrings):
 
 * Lanczos vectors: on both Swish models ``cg_steps`` = 3, 5 and 10 gave the same Table 5
@@ -50,25 +62,25 @@ Measured with this script (notes moved here from the attack's docstrings):
         cifar-alexlike-swish --n 1000 --out results/trust_region
     python benchmarks/trust_region.py --models mnist-cnn --n 100 --cw-search 9 --cw-steps 1000
     python benchmarks/trust_region.py --models cifar-mlp-swish --n 100 --t5-n 500
+    python benchmarks/trust_region.py --models mnist-cnn --n 5 --tables 1 2 --cw-search 2 \
+        --cw-steps 100 --cw-c-init 1 --refine-steps 3 --ifgsm-bisect 2 --ifgsm-max-steps 60 \
+        --out /tmp/trust_region                                            # smoke run
 
-Models whose checkpoint is not cached are skipped unless ``--train``. Rows are appended to
-``<out>/results.jsonl`` as they are measured; a rerun skips the rows already there (resume).
+Models whose checkpoint is not cached are skipped unless ``--train``.
 """
 
 from __future__ import annotations
 
-import argparse
-import math
-import statistics
 import time
 from pathlib import Path
 
+import _harness as harness
 import torch
-from _results import Results
 
-from advx.attacks import carlini_wagner_l2, deepfool, ifgm, select_targets, trust_region
-from advx.attacks._core import INF, lp_norm
-from advx.data import first_correct, load_dataset
+from advx.attacks import ifgm, select_targets, trust_region
+from advx.attacks.registry import MINIMAL, AttackInfo
+from advx.checks import INF
+from advx.data import load_dataset
 from advx.models import get_spec, load
 
 DEFAULT_MODELS = [
@@ -79,6 +91,7 @@ DEFAULT_MODELS = [
     "cifar-mlp-swish",
 ]
 SWISH_MODELS = ("cifar-mlp-swish", "cifar-alexlike-swish")
+CONFIGS = Path(__file__).parent / "configs"
 REFINED = "TR adaptive + refine"
 L2_BEST = ("DeepFool", "C&W", "TR fixed", "TR adaptive", REFINED)
 LINF_BEST = ("DeepFool", "I-FGSM", "I-FGSM fixed step", "TR fixed", "TR adaptive", REFINED)
@@ -90,15 +103,22 @@ HARDEST = (
     "DeepFool -> class",
     "TR adaptive -> class",
 )
+# The paper's fixed-step I-FGSM, as in the Table 1 configs (where the options are not given).
+IFGSM_STEP, IFGSM_MAX_STEPS = 1 / 255, 128
 
 
 # --------------------------------------------------------------------------- attacks
 
 
-def _minimal_ifgsm(model, x, y, *, steps: int = 10, bisect: int = 6, eps0: float = 1 / 255):
+def _minimal_ifgsm(
+    model, x, y, *, steps: int = 10, bisect: int = 6, eps0: float = 1 / 255, targeted=False
+):
     """I-FGSM (Kurakin et al.; the paper's iterative FGSM baseline) with the smallest Linf budget
     per sample: eps doubles from ``eps0`` until the attack fools (at most 1), then ``bisect``
-    bisection rounds; returns the adversarial found at the smallest fooling eps."""
+    bisection rounds; returns the adversarial found at the smallest fooling eps (untargeted
+    only)."""
+    if targeted:
+        raise ValueError("targeted: the minimal-eps I-FGSM row is untargeted")
     n = x.shape[0]
     lo, hi = torch.zeros(n), torch.full((n,), float("nan"))
     best = x.clone()
@@ -130,77 +150,22 @@ def _minimal_ifgsm(model, x, y, *, steps: int = 10, bisect: int = 6, eps0: float
     return best
 
 
-def _attack(model, x, y, name: str, p: float, args, targets=None):
-    """The adversarials of attack ``name`` (a Table 1/2 row label) for norm p."""
-    fixed = {} if args.fixed_radius is None else {"radius": args.fixed_radius}
-    if name == "DeepFool":
-        return deepfool(model, x, y, norm=p)
-    if name == "DeepFool -> class":
-        return deepfool(model, x, y, norm=p, target=targets)
-    if name == "C&W":
-        return carlini_wagner_l2(
-            model,
-            x,
-            y,
-            binary_search_steps=args.cw_search,
-            steps=args.cw_steps,
-            c_init=args.cw_c_init,
-        )
-    if name == "I-FGSM":
-        return _minimal_ifgsm(model, x, y, bisect=args.ifgsm_bisect)
-    if name == "I-FGSM fixed step":  # the paper's: x <- x + eps sign(grad) until fooled
-        step, count = args.ifgsm_step, args.ifgsm_max_steps
-        return ifgm(model, x, y, eps=min(1.0, step * count), steps=count, step_size=step)
-    if name == "TR fixed":
-        return trust_region(model, x, y, norm=p, adaptive=False, **fixed)
-    if name == "TR adaptive":
-        return trust_region(model, x, y, norm=p)
-    if name == REFINED:
-        return trust_region(model, x, y, norm=p, refine_steps=args.refine_steps)
-    if name == "DeepFool [hardest]":  # DeepFool's step (eq. 10-11 of its paper) = TR, radius inf
-        return trust_region(model, x, y, norm=p, target="hardest", adaptive=False, radius=1e9)
-    if name == "TR fixed [hardest]":
-        return trust_region(model, x, y, norm=p, target="hardest", adaptive=False, **fixed)
-    if name == "TR adaptive [hardest]":
-        return trust_region(model, x, y, norm=p, target="hardest")
-    if name == "TR adaptive [hardest] + refine":
-        return trust_region(model, x, y, norm=p, target="hardest", refine_steps=args.refine_steps)
-    if name == "TR adaptive -> class":
-        return trust_region(model, x, y, norm=p, target=targets)
-    raise ValueError(name)
-
-
-def _measure(model, x, y, name: str, p: float, args, targets=None) -> dict:
-    advs, start = [], time.perf_counter()
-    for i in range(0, x.shape[0], args.batch_size):
-        sl = slice(i, i + args.batch_size)
-        t = None if targets is None else targets[sl]
-        advs.append(_attack(model, x[sl], y[sl], name, p, args, t))
-    seconds = time.perf_counter() - start
-    adv = torch.cat(advs)
-    with torch.no_grad():
-        pred = torch.cat([model(adv[i : i + 500]).argmax(1) for i in range(0, len(adv), 500)])
-    success = pred == targets if name.endswith("-> class") else pred != y
-    delta = adv - x
-    rho = (lp_norm(delta, p) / lp_norm(x, p))[success].tolist()
-    absolute = lp_norm(delta, p)[success].tolist()
-    return {
-        "success": success.float().mean().item(),
-        "avg_rho": statistics.fmean(rho) if rho else math.nan,
-        "median_rho": statistics.median(rho) if rho else math.nan,
-        "worst_rho": max(rho) if rho else math.nan,
-        "avg_norm": statistics.fmean(absolute) if absolute else math.nan,
-        "median_norm": statistics.median(absolute) if absolute else math.nan,
-        "seconds_per_image": seconds / x.shape[0],
-        "rho": [round(r, 6) for r in rho],
-    }
+MINIMAL_IFGSM = AttackInfo(
+    name="i-fgsm-minimal-eps",
+    function=_minimal_ifgsm,
+    kind=MINIMAL,
+    norms=(INF,),
+    paper="Kurakin et al. 2017 (eps bisected per sample)",
+)
 
 
 def _table5_rows(model, x, y, args, **options) -> list[dict]:
     """Accuracy after k = 1..``args.t5_k`` fixed-radius (``args.t5_radius``) TR iterations (L2, best class) with the
     given ``trust_region`` options (order, solver, stop_at_boundary), from one run per batch
     (``trust_region``'s callback), with the cumulative seconds per image up to iteration k and
-    per image-iteration (an image iterates at step k while it is not yet adversarial)."""
+    per image-iteration (an image iterates at step k while it is not yet adversarial). Called
+    directly, not through ``run_attack``: the runner passes no per-iteration callback and
+    measures only the final examples."""
     steps = args.t5_k
     fooled = torch.zeros(steps + 1, x.shape[0], dtype=torch.bool)
     seconds = torch.zeros(steps + 1)
@@ -259,6 +224,94 @@ def _norm_name(p: float) -> str:
     return "linf" if p == INF else "l2"
 
 
+# --------------------------------------------------------------------------- grid rows
+
+
+def _grid_name(job) -> str:
+    """The table row name of a sweep job of the trust-region configs."""
+    hp = job.hyperparameters
+    if job.attack == "deepfool":
+        return "DeepFool"
+    if job.attack == "cw-l2":
+        return "C&W"
+    if job.attack == "ifgm":
+        return "I-FGSM fixed step"
+    if job.attack != "trust-region":
+        raise ValueError(f"no table row for the job {job.label()}")
+    hardest = hp.get("target") == "hardest"
+    if hardest and hp.get("adaptive") is False and hp.get("radius", 0) >= 1e9:
+        return "DeepFool [hardest]"
+    name = "TR fixed" if hp.get("adaptive") is False else "TR adaptive"
+    name += " [hardest]" if hardest else ""
+    return name + (" + refine" if hp.get("refine_steps", 0) else "")
+
+
+def _overrides(args) -> dict:
+    """The budget options given, as replacements of the configs' values."""
+    cw = {
+        key: value
+        for key, value in (
+            ("binary_search_steps", args.cw_search),
+            ("steps", args.cw_steps),
+            ("c_init", args.cw_c_init),
+        )
+        if value is not None
+    }
+    overrides = {"cw-l2": cw}
+    if args.refine_steps is not None:
+        overrides["trust-region"] = {"refine_steps": args.refine_steps}
+    if args.ifgsm_step is not None or args.ifgsm_max_steps is not None:
+        step = IFGSM_STEP if args.ifgsm_step is None else args.ifgsm_step
+        count = IFGSM_MAX_STEPS if args.ifgsm_max_steps is None else args.ifgsm_max_steps
+        overrides["ifgm"] = {"eps": min(1.0, step * count), "steps": count, "step_size": step}
+    return overrides
+
+
+def _grid_rows(dataset: str, models: list[str], args) -> list[dict]:
+    """The Table 1 and 2 rows of ``models`` (all of ``dataset``) that the configs express, run as
+    sweeps and read back from the store."""
+    rows = []
+    for table in ("1", "2"):
+        if table not in args.tables:
+            continue
+        path = Path(args.configs) / f"trust_region_table{table}_{dataset}.toml"
+        drop = ("cw-l2",) if args.cw_search == 0 else ()
+        config = harness.sweep_config(
+            path, args, models=models, overrides=_overrides(args), drop=drop
+        )
+        for entry in harness.sweep_rows(config, args):
+            if entry["figures"] is None:
+                continue
+            job = entry["job"]
+            row = _table_row(entry["figures"]) | {
+                "model": job.model,
+                "table": table,
+                "attack": _grid_name(job),
+                "n": entry["summary"]["n"],
+                "run_id": entry["run_id"],
+            }
+            if job.attack == "cw-l2":
+                hp = job.hyperparameters
+                row["budget"] = f"{hp['binary_search_steps']}x{hp['steps']} c0={hp['c_init']:g}"
+            rows.append(row)
+    return rows
+
+
+def _table_row(figures: dict) -> dict:
+    """A Table 1/2 row from ``_harness.run_figures`` (of a stored run or of ``measure``)."""
+    return {
+        "norm": figures["norm"],
+        "success": figures["success"],
+        "avg_rho": figures["relative_mean"],
+        "median_rho": figures["relative_median"],
+        "worst_rho": figures["relative_worst"],
+        "avg_norm": figures["mean"],
+        "median_norm": figures["median"],
+        "seconds_per_image": figures["seconds_per_image"],
+        "gradients_per_image": figures["gradients_per_image"],
+    }
+
+
 # --------------------------------------------------------------------------- per model
 
 
@@ -270,8 +323,36 @@ def _load(name: str, args):
         return None
 
 
-def _tables_1_2(name, model, x, y, args, done) -> None:
-    hard = {p: select_targets(model, x, y, mode="hardest", norm=p) for p in (2.0, INF)}
+def _script_rows(name: str, args, done) -> int:
+    """The Table 1/2 rows no grid expresses, through ``run_attack`` (``_harness.measure``) on
+    the first ``--n`` correct images, appended to ``done`` unless already there: the
+    minimal-eps I-FGSM (Table 1, Linf) and the "-> class" rows (Table 2). Returns the number
+    of images."""
+    model, x, y = harness.evaluation_images(name, args.n, args.data_dir)
+    wanted = []
+    if "1" in args.tables:
+        wanted.append(("1", "I-FGSM", INF, MINIMAL_IFGSM, {"bisect": args.ifgsm_bisect}))
+    if "2" in args.tables:
+        for p in (2.0, INF):
+            wanted += [("2", "DeepFool -> class", p, "deepfool", {})]
+            wanted += [("2", "TR adaptive -> class", p, "trust-region", {})]
+    hard = {}
+    for table, attack, p, function, hyperparameters in wanted:
+        if (name, table, attack, _norm_name(p), None, x.shape[0]) in done:
+            continue
+        run = {"norm": p, "hyperparameters": hyperparameters, "batch": args.batch_size}
+        if attack.endswith("-> class"):
+            if p not in hard:
+                hard[p] = select_targets(model, x, y, mode="hardest", norm=p)
+            run |= {"targeted": True, "targets": hard[p]}
+        figures = harness.measure(model, x, y, function, **run)
+        row = _table_row(figures) | {"model": name, "table": table, "attack": attack}
+        done.record(row | {"n": x.shape[0]})
+    return x.shape[0]
+
+
+def _print_tables(name: str, rows: dict, n: int, args) -> None:
+    """Tables 1 and 2 of model ``name`` on ``n`` images, rows from the sweep and the script."""
     for table, groups in (
         ("1", ((2.0, L2_BEST), (INF, LINF_BEST))),
         ("2", ((2.0, HARDEST), (INF, HARDEST))),
@@ -286,23 +367,20 @@ def _tables_1_2(name, model, x, y, args, done) -> None:
             for attack in attacks:
                 if attack == "C&W" and args.cw_search == 0:
                     continue
-                key = (name, table, attack, _norm_name(p), None, x.shape[0])
-                row = done.get(key)
-                if row is None:
-                    row = _measure(model, x, y, attack, p, args, hard[p] if table == "2" else None)
-                    row |= {
-                        "model": name,
-                        "table": table,
-                        "attack": attack,
-                        "norm": _norm_name(p),
-                        "n": x.shape[0],
-                    }
-                    if attack == "C&W":
-                        row["budget"] = f"{args.cw_search}x{args.cw_steps} c0={args.cw_c_init:g}"
-                    done.record(row)
-                print(
-                    f"  {attack:<24}{_fmt(row)} {row['seconds_per_image']:>9.4f} s/img", flush=True
-                )
+                row = rows.get((name, table, attack, _norm_name(p), None, n))
+                seconds = "" if row is None else f"{row['seconds_per_image']:>9.4f} s/img"
+                print(f"  {attack:<24}{_fmt(row)} {seconds}", flush=True)
+
+
+def _accuracy(name: str, model, args) -> float:
+    """Accuracy of the model on the first 1000 test images."""
+    images, labels = load_dataset(get_spec(name).dataset, "test", args.data_dir)
+    images, labels = (
+        images[: harness.EVALUATED_TEST_IMAGES],
+        labels[: harness.EVALUATED_TEST_IMAGES],
+    )
+    with torch.no_grad():
+        return (model(images).argmax(1) == labels).float().mean().item()
 
 
 T5_VARIANTS = {"Alg.1": False, "stop": True}  # name: stop_at_boundary
@@ -434,7 +512,9 @@ def _check_best_class(m: str, variant: str, done) -> None:
     tri = _row(done, m, "1", variant, "linf", n)
     for baseline in ("I-FGSM fixed step", "I-FGSM"):
         fg = _row(done, m, "1", baseline, "linf", n)
-        if df and fg and tri:
+        if df and fg and tri and fg["success"] == 0:
+            _check(f"{m} {variant} Linf avg rho below {baseline}'s", None, "no success")
+        elif df and fg and tri:
             _check(
                 f"{m} {variant} Linf avg rho below DeepFool's and {baseline}'s",
                 tri["avg_rho"] < min(df["avg_rho"], fg["avg_rho"]),
@@ -525,27 +605,20 @@ def _plot(models, done, out: Path) -> None:
 # --------------------------------------------------------------------------- main
 
 
-def main() -> None:
-    """Run the trust-region benchmark (Yao et al., CVPR 2019, Tables 1, 2, 5 and Figure 4)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
-    parser.add_argument("--n", type=int, default=1000, help="correctly classified images")
+def _arguments(argv):
+    parser = harness.parser(__doc__, models=DEFAULT_MODELS, n=1000, out="results/trust_region")
+    harness.sweep_options(parser)
     parser.add_argument("--tables", nargs="+", default=["1", "2", "5"], choices=["1", "2", "5"])
+    parser.add_argument("--configs", default=str(CONFIGS), help="folder of the sweep configs")
     parser.add_argument(
-        "--cw-search", type=int, default=9, help="C&W binary-search rounds (0: skip)"
+        "--cw-search", type=int, default=None, help="C&W binary-search rounds (0: skip)"
     )
-    parser.add_argument("--cw-steps", type=int, default=1000, help="C&W Adam steps per round")
-    parser.add_argument("--cw-c-init", type=float, default=1e-3, help="C&W initial constant")
+    parser.add_argument("--cw-steps", type=int, default=None, help="C&W Adam steps per round")
+    parser.add_argument("--cw-c-init", type=float, default=None, help="C&W initial constant")
     parser.add_argument("--ifgsm-bisect", type=int, default=6)
-    parser.add_argument("--refine-steps", type=int, default=50, help="for the '+ refine' rows")
-    parser.add_argument("--ifgsm-step", type=float, default=1 / 255, help="fixed-step I-FGSM")
-    parser.add_argument("--ifgsm-max-steps", type=int, default=128)
-    parser.add_argument(
-        "--fixed-radius",
-        type=float,
-        default=None,
-        help="TR fixed radius (absolute; default: each sample's d0/4)",
-    )
+    parser.add_argument("--refine-steps", type=int, default=None, help="for the '+ refine' rows")
+    parser.add_argument("--ifgsm-step", type=float, default=None, help="fixed-step I-FGSM")
+    parser.add_argument("--ifgsm-max-steps", type=int, default=None)
     parser.add_argument("--t5-n", type=int, default=500)
     parser.add_argument("--t5-k", type=int, default=10)
     parser.add_argument("--t5-radius", type=float, default=0.2, help="L2 radius in [0,1] units")
@@ -555,36 +628,35 @@ def main() -> None:
     parser.add_argument(
         "--t5-solvers", nargs="+", default=["lanczos"], choices=["lanczos", "steihaug"]
     )
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--train", action="store_true", help="train missing models")
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="results/trust_region")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    done = Results(out / "results.jsonl", key=_key)
-    evaluated = []
-    for name in args.models:
-        model = _load(name, args)
-        if model is None:
-            continue
-        evaluated.append(name)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the trust-region benchmark (Yao et al., CVPR 2019, Tables 1, 2, 5 and Figure 4);
+    return every row (the script's and this run's sweep rows), keyed by
+    (model, table, attack, norm, k, n)."""
+    args = _arguments(argv)
+    done = harness.setup(args, key=_key)
+    models = {name: m for name in args.models if (m := _load(name, args)) is not None}
+    by_dataset: dict[str, list[str]] = {}
+    for name in models:
+        by_dataset.setdefault(get_spec(name).dataset, []).append(name)
+    grid = [r for d, names in by_dataset.items() for r in _grid_rows(d, names, args)]
+    for name, model in models.items():
         if "1" in args.tables or "2" in args.tables:
-            images, labels = load_dataset(get_spec(name).dataset, "test", args.data_dir)
-            x, y, _ = first_correct(model, images[:1000], labels[:1000], args.n)
-            with torch.no_grad():
-                acc = (model(images[:1000]).argmax(1) == labels[:1000]).float().mean().item()
+            n = _script_rows(name, args, done)
             print(
-                f"\n{name}: accuracy {100 * acc:.2f}% on the first 1000 test images; "
-                f"attacking the first {len(y)} correct"
+                f"\n{name}: accuracy {100 * _accuracy(name, model, args):.2f}% on the first "
+                f"{harness.EVALUATED_TEST_IMAGES} test images; attacking the first {n} correct"
             )
-            _tables_1_2(name, model, x, y, args, done)
+            _print_tables(name, dict(done) | {_key(r): r for r in grid}, n, args)
         if "5" in args.tables and name in SWISH_MODELS:
             _table_5(name, model, args, done)
-    _targets(evaluated, done)
-    _plot(list(dict.fromkeys(r["model"] for r in done.values())), done, out)  # every model
+    rows = dict(done) | {_key(r): r for r in grid}
+    _targets(list(models), rows)
+    _plot(list(dict.fromkeys(r["model"] for r in rows.values())), rows, Path(args.out))
+    return rows
 
 
 if __name__ == "__main__":
