@@ -193,3 +193,27 @@ def test_run_figures_reads_relative_norms_over_successes(scripts):
     assert figures["success"] == 0.75 and figures["gradients_per_image"] == 2.0
     summary["norm"] = "l3"  # no relative column
     assert np.isnan(harness.run_figures(summary, samples)["relative_mean"])
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_every_shipped_trust_region_job_names_one_table_row(scripts, dataset):
+    trust_region = scripts("trust_region")
+    expected = {
+        "1": {
+            (a, n)
+            for n, names in (("l2", trust_region.L2_BEST), ("linf", trust_region.LINF_BEST))
+            for a in names
+            if a != "I-FGSM"
+        },
+        "2": {(a, n) for n in ("l2", "linf") for a in trust_region.HARDEST if "->" not in a},
+    }
+    for table, rows in expected.items():
+        path = BENCHMARKS / "configs" / f"trust_region_table{table}_{dataset}.toml"
+        jobs = bench.load_config(path).jobs
+        model = jobs[0].model
+        names = [
+            (trust_region._grid_name(j), bench.expected_config(j)["norm"])
+            for j in jobs
+            if j.model == model
+        ]
+        assert sorted(names) == sorted(rows)  # each row once, none missing
