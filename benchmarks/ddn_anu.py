@@ -10,11 +10,12 @@ curve of the mean best-so-far norm against iteration (one DDN and one ANU run at
 
 The table rows are the ``advx bench`` sweeps ``benchmarks/configs/ddn_anu_table1_<dataset>.toml``
 and ``ddn_anu_table2_<dataset>.toml`` (hyperparameters: ``DDN_DEFAULTS``, ``ANU_DEFAULTS``,
-``ANU_TARGETED_DEFAULTS``) with ``--n`` / ``--targeted-n``, ``--models``, ``--budgets`` and
-``--batch-size`` applied, run by ``run_sweep`` into ``<out>/sweep.sqlite`` (``--executor
-local|ray``; a rerun skips the finished jobs) and read back from the store. The script itself
-computes only the curve, which needs the attacks' per-iteration callback (rows of
-``<out>/results.jsonl``, resumed on a rerun).
+``ANU_TARGETED_DEFAULTS``) with ``--n`` / ``--targeted-n``, ``--models``, ``--budgets``,
+``--batch-size`` and ``--threads`` (per job) applied, run by ``run_sweep`` into
+``<out>/sweep.sqlite`` (``--executor local|ray``; a rerun skips the finished jobs) and read back
+from the store. The script itself computes only the curve, which needs the attacks'
+per-iteration callback (with the Table 1 runs' hyperparameters; rows of ``<out>/results.jsonl``,
+resumed on a rerun).
 
     python benchmarks/ddn_anu.py --models mnist-cnn cifar-cnn --n 1000 --targeted-n 100 \
         --budgets 50 70 100 200 500 1000 --out results/ddn_anu
@@ -100,7 +101,9 @@ def _curves(model_name: str, table_rows: list[dict], args, done) -> dict[str, li
         key = (model_name, "curve", method, args.curve_steps, x.shape[0])
         if key not in done:
             runs = [r for r in table_rows if r["model"] == model_name and r["mode"] == "untargeted"]
-            table = next(r for r in runs if r["method"] == method)
+            table = next((r for r in runs if r["method"] == method), None)
+            if table is None:  # its Table 1 jobs failed (reported by the sweep)
+                continue
             settings = table["hyperparameters"] | {"steps": args.curve_steps}
             done.record(
                 {
