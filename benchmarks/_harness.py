@@ -2,7 +2,9 @@
 (the first n correctly classified of the first 1,000 test images, as the papers evaluate), and
 one measured row per attack run through the evaluation runner (``run_attack``: counting model,
 fresh re-check of every example, per-batch timing), kept in the scripts' one results format
-(``_results.Results``: append-only jsonl keyed by the row's own fields, so a rerun resumes)."""
+(``_results.Results``: append-only jsonl keyed by the row's own fields, so a rerun resumes).
+Where a paper's table is a grid (``benchmarks/configs/*.toml``), ``run_grid`` runs it as a sweep
+into the SQLite results store, and the script builds its figures from the stored runs."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import torch
 from _results import Results
 
 from advx.data import first_correct, load_dataset
+from advx.evaluation.bench import failure_report, load_config, parse_config, run_sweep
 from advx.evaluation.runner import run_attack
 from advx.models import get_spec, load
 
@@ -80,3 +83,30 @@ def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, 
         "forwards_per_image": s["forwards_per_sample"],
         "warnings": s.get("warnings", []),
     }
+
+
+def run_grid(
+    config: str | Path,
+    *,
+    models: list[str],
+    n: int,
+    db: str | Path,
+    data_dir: str | None = None,
+    executor: str = "local",
+    progress: bool = False,
+):
+    """Run the grid of a sweep config (``advx bench``'s TOML format) with its ``data.n`` and
+    ``[[models]]`` replaced by ``n`` and ``models`` (and ``data.data_dir`` by ``data_dir`` when
+    given), through ``advx.evaluation.bench.run_sweep`` into the SQLite store ``db``: a rerun
+    skips the finished jobs and resumes a half-finished one. Returns the ``SweepResult`` (one
+    outcome per job, each with its stored ``run_id`` and summary); exits listing the failed jobs
+    if any failed (the other jobs' runs stay stored)."""
+    document = load_config(config).raw
+    data = dict(document["data"], n=n) | ({"data_dir": data_dir} if data_dir else {})
+    document = document | {"data": data, "models": [{"name": name} for name in models]}
+    result = run_sweep(
+        parse_config(document, str(config)), executor=executor, db=db, progress=progress
+    )
+    if result.failed:
+        raise SystemExit(f"{len(result.failed)} sweep jobs failed:\n{failure_report(result)}")
+    return result
