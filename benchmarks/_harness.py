@@ -57,6 +57,15 @@ def evaluation_images(model_name: str, n: int, data_dir: str | None = None):
     return model, x, y
 
 
+def first_test_images(model_name: str, n: int, data_dir: str | None = None):
+    """The model (never trained here) and its first ``n`` test images with their labels,
+    correctly classified or not: for measures that count clean errors (robust accuracy of
+    several models on the same images) or models without classes (a regressor)."""
+    model = load(model_name, data_dir, train_if_missing=False)
+    images, labels = load_dataset(get_spec(model_name).dataset, "test", data_dir)
+    return model, images[:n], labels[:n]
+
+
 def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, **run) -> dict:
     """Run ``attack`` (a registry name or a function) through ``run_attack`` and return the
     figures the tables quote: success, median and mean norm over successes, seconds, gradients
