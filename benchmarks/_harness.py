@@ -67,9 +67,10 @@ def first_test_images(model_name: str, n: int, data_dir: str | None = None):
 
 
 def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, **run) -> dict:
-    """Run ``attack`` (a registry name or a function) through ``run_attack`` and return the
-    figures the tables quote: success, median and mean norm over successes, seconds, gradients
-    and forward passes per image."""
+    """Run ``attack`` (a registry name or a function) through ``run_attack`` (``run``: its other
+    keywords, e.g. ``epsilons``) and return the figures the tables quote: clean accuracy,
+    success, median and mean norm over successes, seconds, gradients and forward passes per
+    image, robust accuracy ({eps: accuracy}, as in the run's summary)."""
     result = run_attack(
         model,
         x,
@@ -84,12 +85,14 @@ def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, 
     s = result.summary
     return {
         "norm": s["norm"],
+        "clean_accuracy": s["clean_accuracy"],
         "success": s["success_rate"],
         "median": s["norm_stats"]["median"],
         "mean": s["norm_stats"]["mean"],
         "seconds_per_image": s["seconds_per_sample"],
         "gradients_per_image": s["backwards_per_sample"],
         "forwards_per_image": s["forwards_per_sample"],
+        "robust_accuracy": s["robust_accuracy"],
         "warnings": s.get("warnings", []),
     }
 
