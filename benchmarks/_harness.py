@@ -18,7 +18,8 @@ from _results import Results
 from advx.data import first_correct, load_dataset
 from advx.evaluation.bench import failure_report, load_config, parse_config, run_sweep
 from advx.evaluation.runner import run_attack
-from advx.models import get_spec, load
+from advx.models import get_spec, load, model_path
+from advx.models.checkpoints import BUNDLED, read_checkpoint
 
 EVALUATED_TEST_IMAGES = 1000
 
@@ -64,6 +65,17 @@ def first_test_images(model_name: str, n: int, data_dir: str | None = None):
     model = load(model_name, data_dir, train_if_missing=False)
     images, labels = load_dataset(get_spec(model_name).dataset, "test", data_dir)
     return model, images[:n], labels[:n]
+
+
+def recorded_test_accuracy(model_name: str) -> float | None:
+    """The test accuracy stored with a cached or bundled model (measured on the whole test
+    split when it was trained), if any."""
+    for path in (model_path(model_name), BUNDLED.get(model_name)):
+        if path is not None and Path(path).is_file():
+            metrics = read_checkpoint(path).get("metrics") or {}
+            if "test_accuracy" in metrics:
+                return float(metrics["test_accuracy"])
+    return None
 
 
 def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, **run) -> dict:

@@ -42,7 +42,6 @@ from advx.attacks import ANU_DEFAULTS, DDN_DEFAULTS, anu
 from advx.data import load_dataset
 from advx.defenses.adversarial_training import adversarial_training
 from advx.models import get_spec, load
-from advx.models.checkpoints import read_checkpoint
 
 
 def _attack_settings(method: str, dataset: str, steps: int) -> dict:
@@ -240,7 +239,7 @@ def _print_table(models: list[dict], curves: list[dict], args, n: int) -> None:
     for entry, curve in zip(models, curves, strict=True):
         accuracy = entry.get("test_accuracy")
         if accuracy is None:
-            accuracy = read_checkpoint_accuracy(entry["model"])
+            accuracy = harness.recorded_test_accuracy(entry["model"])
         train_time = entry.get("train_time_s")
         cells = [
             curve["label"],
@@ -250,19 +249,6 @@ def _print_table(models: list[dict], curves: list[dict], args, n: int) -> None:
         ]
         cells += [f"{curve['robust_accuracy'][args.radii.index(r)]:.3f}" for r in shown]
         print("| " + " | ".join(cells) + " |")
-
-
-def read_checkpoint_accuracy(name: str) -> float | None:
-    """The test accuracy stored with a cached or bundled model, if any."""
-    from advx.models import model_path
-    from advx.models.checkpoints import BUNDLED
-
-    for path in (model_path(name), BUNDLED.get(name)):
-        if path is not None and Path(path).is_file():
-            metrics = read_checkpoint(path).get("metrics") or {}
-            if "test_accuracy" in metrics:
-                return float(metrics["test_accuracy"])
-    return None
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ finished jobs, resumes a half-finished one). The curves are read from the stored
 Computed here, on the same images (the first ``--n`` correctly classified of the first 1,000
 test images, as chosen by ``benchmarks/_harness.py``; the sweep gets ``data.n`` = that count):
 
-* Table I: test error (whole test split), rho1 (mean ||delta||_inf / ||x||_inf of the stored
-  DeepFool-Linf run over its successes, as ``robustness.rho1``), rho2 (Proposition 1 bound,
+* Table I: test error (whole test split: as recorded with the checkpoint when it was trained,
+  else measured here), rho1 (mean ||delta||_inf / ||x||_inf of the stored DeepFool-Linf run
+  over its successes, as ``robustness.rho1``), rho2 (Proposition 1 bound,
   ``robustness.linearised_bounds`` averaged as ``robustness.rho2`` does, batched), the smallest
   eps with fooling ratio > 99% for Alg 1 and Alg 1 all (``robustness.min_eps_for_fooling``
   with each trial run through ``run_attack``, bisecting between the curve's grid points around
@@ -149,9 +150,12 @@ def _table_i(model, name, x, y, deepfool, args, results) -> dict:
     row = {"kind": "table", "model": name, "n": len(x), "settings": None}
     if _key(row) in results:
         return results[_key(row)]
-    x_all, y_all = load_dataset(get_spec(name).dataset, "test", args.data_dir)
-    with torch.no_grad():
-        error = 1.0 - evaluate(model, x_all, y_all, batch_size=args.batch_size)
+    accuracy = harness.recorded_test_accuracy(name)
+    if accuracy is None:
+        x_all, y_all = load_dataset(get_spec(name).dataset, "test", args.data_dir)
+        with torch.no_grad():
+            accuracy = evaluate(model, x_all, y_all, batch_size=args.batch_size)
+    error = 1.0 - accuracy
     r1, df_eps = math.nan, math.nan
     if deepfool is not None:
         fooled = deepfool["success"] == 1
