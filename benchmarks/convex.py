@@ -257,11 +257,12 @@ def _timing(model, name, x, y, args, results) -> dict:
 # ---------------------------------------------------------------------------- printing
 
 
-def _print_curves(name, n_correct, grid, curves, steps):
+def _print_curves(name, n_correct, grid, curves, steps, db):
     methods = [m for m in METHODS if curves[m]]
+    iterations = "" if steps is None else f"; Alg 1-n with n = {steps}"
     print(
-        f"\nFigure 2, {name}: fooling ratio vs Linf eps ({n_correct} correctly classified images; "
-        f"Alg 1-n with n = {steps})"
+        f"\nFigure 2, {name}: fooling ratio vs Linf eps ({n_correct} correctly classified "
+        f"images{iterations}; from {Path(db).name})"
     )
     print(f"{'eps':>8s} " + " ".join(f"{m:>11s}" for m in methods))
     for eps in grid:
@@ -305,7 +306,7 @@ def _plot(name, grid, curves, steps, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 4))
     for method in METHODS:
         if curves[method]:
-            label = method.replace("1-n", f"1-{steps}")
+            label = method if steps is None else method.replace("1-n", f"1-{steps}")
             ax.plot(grid, [curves[method][e] for e in grid], marker="o", label=label)
     ax.set_xlabel("eps (Linf)")
     ax.set_ylabel("fooling ratio")
@@ -384,7 +385,7 @@ def run_model(name: str, args, results) -> dict:
     if args.timing_images:
         xt, yt = x_eval[: args.timing_images], y_eval[: args.timing_images]
         timing = _timing(model, name, xt, yt, args, results)
-    _print_curves(name, len(x), grid, curves, steps)
+    _print_curves(name, len(x), grid, curves, steps, db)
     _check_orderings(name, grid, curves)
     _plot(name, grid, curves, steps, Path(args.out) / f"fig2_{name}.png")
     return {"model": name, "curves": curves, "table": table, "alg1_eps": alg1_eps, "timing": timing}
