@@ -1,8 +1,8 @@
 """Adversarial training with DDN vs ANU: the structure of Section 5.3 and Figure 5 of the ANU paper
 (../shared/papers/self-adaptive-norm-update.txt) on our models.
 
-Trains two robust copies of ``--model`` on adversarial examples only (the paper's Eq. 7), with the
-perturbation limited to ``--max-norm`` (2.4 on MNIST, as in the paper): one with DDN
+Trains two robust copies of each of ``--models`` on adversarial examples only (the paper's
+Eq. 7), with the perturbation limited to ``--max-norm`` (2.4 on MNIST, as in the paper): one with DDN
 (``--ddn-steps``, 100 in the paper) and one with ANU (``--anu-steps``, 70), the same epochs, data
 and seed. Then, for the clean baseline and both robust models: clean test accuracy, training time,
 and robust accuracy against the L2 radius under a strong attack (ANU with ``--eval-steps``, 1000 in
