@@ -2,11 +2,12 @@
 (../shared/papers/self-adaptive-norm-update.txt) on our models.
 
 Trains two robust copies of each of ``--models`` on adversarial examples only (the paper's
-Eq. 7), with the perturbation limited to ``--max-norm`` (2.4 on MNIST, as in the paper): one with DDN
-(``--ddn-steps``, 100 in the paper) and one with ANU (``--anu-steps``, 70), the same epochs, data
-and seed. Then, for the clean baseline and both robust models: clean test accuracy, training time,
-and robust accuracy against the L2 radius under a strong attack (ANU with ``--eval-steps``, 1000 in
-the paper) on the first ``--n`` test images, as a table and a PNG (the paper's Figure 5).
+Eq. 7), with the perturbation limited to ``--max-norm`` (2.4 on MNIST, as in the paper): one
+with DDN (``--ddn-steps``, 100 in the paper) and one with ANU (``--anu-steps``, 70), the same
+epochs, data and seed. Then, for the clean baseline and both robust models: clean test accuracy,
+training time, and robust accuracy against the L2 radius under a strong attack (ANU with
+``--eval-steps``, 1000 in the paper) on the first ``--n`` test images, as a table and a PNG (the
+paper's Figure 5).
 
 Each evaluation is a ``run_attack`` run (through the harness's ``measure``): the robust accuracy
 at each radius is its summary's (correctly classified and no misclassified example within the
