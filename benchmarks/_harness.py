@@ -3,15 +3,15 @@
 one measured row per attack run through the evaluation runner (``run_attack``: counting model,
 fresh re-check of every example, per-batch timing), kept in the scripts' one results format
 (``_results.Results``: append-only jsonl keyed by the row's own fields, so a rerun resumes).
-Rows that a grid expresses run instead as an ``advx bench`` sweep of a config under
-``benchmarks/configs/`` (``sweep_config``, ``sweep_rows``: resumable through the SQLite store)
-and are read back from the store with the same figures (``run_figures``)."""
+Where a paper's table is a grid (``benchmarks/configs/*.toml``), ``run_grid`` runs it as a sweep
+into the SQLite results store (with the script's options: ``grid_config``; ``sweep_rows`` also
+reads each run back), and the script builds its figures from the stored runs, the same figures
+as ``measure`` gives (``run_figures``)."""
 
 from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,18 +23,16 @@ from advx.data import first_correct, load_dataset
 from advx.evaluation.bench import (
     EXECUTORS,
     SweepConfig,
+    SweepResult,
     failure_report,
+    load_config,
     parse_config,
     run_sweep,
 )
 from advx.evaluation.runner import run_attack
 from advx.evaluation.store import ResultsStore
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
-from advx.models import get_spec, load
+from advx.models import get_spec, load, model_path
+from advx.models.checkpoints import BUNDLED, read_checkpoint
 
 EVALUATED_TEST_IMAGES = 1000
 
@@ -73,9 +71,29 @@ def evaluation_images(model_name: str, n: int, data_dir: str | None = None):
     return model, x, y
 
 
+def first_test_images(model_name: str, n: int, data_dir: str | None = None):
+    """The model (never trained here) and its first ``n`` test images with their labels,
+    correctly classified or not: for measures that count clean errors (robust accuracy of
+    several models on the same images) or models without classes (a regressor)."""
+    model = load(model_name, data_dir, train_if_missing=False)
+    images, labels = load_dataset(get_spec(model_name).dataset, "test", data_dir)
+    return model, images[:n], labels[:n]
+
+
+def recorded_test_accuracy(model_name: str) -> float | None:
+    """The test accuracy stored with a cached or bundled model (measured on the whole test
+    split when it was trained), if any."""
+    for path in (model_path(model_name), BUNDLED.get(model_name)):
+        if path is not None and Path(path).is_file():
+            metrics = read_checkpoint(path).get("metrics") or {}
+            if "test_accuracy" in metrics:
+                return float(metrics["test_accuracy"])
+    return None
+
+
 def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, **run) -> dict:
-    """Run ``attack`` (a registry name or a function) through ``run_attack`` and return the
-    figures the tables quote (``run_figures``)."""
+    """Run ``attack`` (a registry name or a function) through ``run_attack`` (``run``: its other
+    keywords, e.g. ``epsilons``) and return the figures the tables quote (``run_figures``)."""
     result = run_attack(
         model,
         x,
@@ -90,20 +108,56 @@ def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, 
     return run_figures(result.summary, result.samples)
 
 
+def run_grid(
+    config: str | Path,
+    *,
+    models: list[str],
+    n: int,
+    db: str | Path,
+    data_dir: str | None = None,
+    executor: str = "local",
+    progress: bool = False,
+    address: str | None = None,
+    max_parallel: int | None = None,
+    **changes,
+) -> SweepResult:
+    """Run the grid of a sweep config (``advx bench``'s TOML format) with its ``data.n`` and
+    ``[[models]]`` replaced by ``n`` and ``models`` (and ``data.data_dir`` by ``data_dir`` when
+    given; ``changes``: the other keywords of ``grid_config``), through
+    ``advx.evaluation.bench.run_sweep`` (``executor``, ``address``, ``max_parallel``) into the
+    SQLite store ``db``: a rerun skips the finished jobs and resumes a half-finished one. Returns
+    the ``SweepResult`` (one outcome per job, each with its stored ``run_id`` and summary); exits
+    listing the failed jobs if any failed (the other jobs' runs stay stored)."""
+    sweep = grid_config(config, models=models, n=n, data_dir=data_dir, **changes)
+    result = run_sweep(
+        sweep,
+        executor=executor,
+        db=db,
+        address=address,
+        max_parallel=max_parallel,
+        progress=progress,
+    )
+    if result.failed:
+        raise SystemExit(f"{len(result.failed)} sweep jobs failed:\n{failure_report(result)}")
+    return result
+
+
 # ------------------------------------------------------------------- figures of a stored run
 
 
 def run_figures(summary: Mapping, samples: Mapping[str, np.ndarray]) -> dict:
     """The figures the tables quote, from a run's summary and per-sample columns (those of
-    ``run_attack``'s result or of ``ResultsStore.samples``): success, median and mean norm over
-    successes, seconds, gradients and forward passes per image, and the relative norm
-    rho_p = ||delta||_p / ||x||_p (column ``rel_<norm>``; NaN for a norm without one) averaged,
-    median and worst over the same successes (correctly classified inputs only)."""
+    ``run_attack``'s result or of ``ResultsStore.samples``): clean accuracy, success, median and
+    mean norm over successes, seconds, gradients and forward passes per image, robust accuracy
+    ({eps: accuracy}, as in the summary), and the relative norm rho_p = ||delta||_p / ||x||_p
+    (column ``rel_<norm>``; NaN for a norm without one) averaged, median and worst over the
+    same successes (correctly classified inputs only)."""
     counted = samples["success"].astype(bool) & (samples["clean_pred"] == samples["label"])
     column = samples.get(f"rel_{summary['norm']}")
     rho = np.array([]) if column is None else column[counted]
     return {
         "norm": summary["norm"],
+        "clean_accuracy": summary["clean_accuracy"],
         "success": summary["success_rate"],
         "median": summary["norm_stats"]["median"],
         "mean": summary["norm_stats"]["mean"],
@@ -113,11 +167,12 @@ def run_figures(summary: Mapping, samples: Mapping[str, np.ndarray]) -> dict:
         "seconds_per_image": summary["seconds_per_sample"],
         "gradients_per_image": summary["backwards_per_sample"],
         "forwards_per_image": summary["forwards_per_sample"],
+        "robust_accuracy": summary["robust_accuracy"],
         "warnings": summary.get("warnings", []),
     }
 
 
-# ------------------------------------------------------------- grid rows through advx bench
+# ------------------------------------------------------------ grid rows with the script's options
 
 
 def sweep_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -129,88 +184,105 @@ def sweep_options(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def sweep_config(
-    path: str | Path,
-    args: argparse.Namespace,
+def grid_config(
+    config: str | Path,
     *,
-    n: int | None = None,
-    models: Sequence[str] | None = None,
+    models: Sequence[str],
+    n: int,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    cpus: float | None = None,
     overrides: Mapping[str, Mapping] | None = None,
     drop: Iterable[str] = (),
 ) -> SweepConfig:
-    """The sweep of the TOML file ``path`` with the script's options applied: ``data.n`` =
-    ``n`` (default ``args.n``), ``data.batch_size`` = ``args.batch_size``, ``data.data_dir`` =
-    ``args.data_dir`` when given, the CPUs per job = ``args.threads``, the ``[[models]]`` =
-    ``models`` when given; ``overrides`` maps an attack name to values that replace, in each of
-    its ``[[attacks]]`` tables, the keys the table already sets (a list value is a grid axis);
-    the attacks named in ``drop`` are removed.
+    """The sweep of the TOML file ``config`` with ``data.n`` = ``n``, the ``[[models]]`` =
+    ``models``, and, when given, ``data.data_dir``, ``data.batch_size`` and the CPUs per job
+    (``execution.cpus_per_task``); ``overrides`` maps an attack name to values that replace, in
+    each of its ``[[attacks]]`` tables, the keys the table already sets (a list value is a grid
+    axis); the attacks named in ``drop`` are removed.
 
     Args:
-        path: the configuration file (e.g. ``benchmarks/configs/...toml``).
-        args: the parsed options of ``parser()`` (``n``, ``batch_size``, ``threads``,
-            ``data_dir``).
-        n: the number of images, if not ``args.n``.
-        models: the zoo models, if not the file's.
+        config: the configuration file (e.g. ``benchmarks/configs/...toml``).
+        models: the zoo models.
+        n: the number of images (the first n correctly classified).
+        data_dir: the data directory, if not the file's.
+        batch_size: the batch size, if not the file's.
+        cpus: torch threads per job (a Ray task's CPUs), if not the file's.
         overrides: ``{attack name: {key: value}}``, e.g. smaller budgets for a smoke run.
         drop: attack names left out.
     """
-    with Path(path).open("rb") as handle:
-        document = tomllib.load(handle)
-    document["data"] = {**document.get("data", {}), "n": args.n if n is None else n}
-    document["data"]["batch_size"] = args.batch_size
-    if args.data_dir is not None:
-        document["data"]["data_dir"] = args.data_dir
-    document["execution"] = {**document.get("execution", {}), "cpus_per_task": args.threads}
-    if models is not None:
-        document["models"] = [{"name": name} for name in models]
-    attacks = [dict(t) for t in document.get("attacks", []) if t.get("name") not in set(drop)]
+    document = load_config(config).raw
+    data = dict(document["data"], n=n) | ({"data_dir": data_dir} if data_dir else {})
+    data |= {} if batch_size is None else {"batch_size": batch_size}
+    execution = dict(document.get("execution", {}))
+    execution |= {} if cpus is None else {"cpus_per_task": cpus}
+    attacks = [dict(t) for t in document["attacks"] if t["name"] not in set(drop)]
     for table in attacks:
-        changes = (overrides or {}).get(table.get("name"), {})
+        changes = (overrides or {}).get(table["name"], {})
         table.update({key: value for key, value in changes.items() if key in table})
-    document["attacks"] = attacks
-    return parse_config(document, str(path))
+    document = document | {
+        "data": data,
+        "execution": execution,
+        "models": [{"name": name} for name in models],
+        "attacks": attacks,
+    }
+    return parse_config(document, str(config))
 
 
-def sweep_rows(config: SweepConfig, args: argparse.Namespace, db: str | Path | None = None):
-    """Run ``config`` with ``advx.evaluation.bench.run_sweep`` (executor ``args.executor``;
-    the database ``<args.out>/sweep.sqlite`` unless ``db``: finished jobs are skipped, a
-    half-finished one resumes from its stored rows) and return one entry per job, in the
-    configuration's order: ``{"job", "status", "run_id", "summary", "samples", "figures"}``,
-    the summary and per-sample columns read back from the store and ``figures`` =
-    ``run_figures`` of them (``run_id``, ``summary``, ``samples`` and ``figures`` None for a
-    failed job, whose error is printed).
+def sweep_rows(
+    config: str | Path,
+    args: argparse.Namespace,
+    models: Sequence[str],
+    *,
+    n: int | None = None,
+    overrides: Mapping[str, Mapping] | None = None,
+    drop: Iterable[str] = (),
+) -> list[dict]:
+    """Run the grid of ``config`` for ``models`` with the script's options (``run_grid``: ``n``
+    or ``args.n`` images, ``args.batch_size``, ``args.threads`` per job, ``args.data_dir``, and
+    ``overrides`` / ``drop`` as in ``grid_config``) into ``<args.out>/sweep.sqlite`` (executor
+    ``args.executor``, from ``sweep_options``; local when absent) and return one entry per job,
+    in the configuration's order: ``{"job", "status", "run_id", "summary", "samples",
+    "figures"}``, the summary and per-sample columns read back from the store and ``figures`` =
+    ``run_figures`` of them.
 
     Args:
-        config: the sweep (``sweep_config``).
-        args: the parsed options (``out``, and ``executor``, ``address``, ``max_parallel`` from
-            ``sweep_options``, local when absent).
-        db: the results database, if not ``<args.out>/sweep.sqlite``.
+        config: the configuration file.
+        args: the parsed options of ``parser()`` (and ``sweep_options``).
+        models: the zoo models (all of the config's dataset).
+        n: the number of images, if not ``args.n``.
+        overrides: ``{attack name: {key: value}}`` (``grid_config``).
+        drop: attack names left out.
     """
-    db = Path(args.out) / "sweep.sqlite" if db is None else Path(db)
-    result = run_sweep(
+    result = run_grid(
         config,
+        models=list(models),
+        n=args.n if n is None else n,
+        db=Path(args.out) / "sweep.sqlite",
+        data_dir=args.data_dir,
         executor=getattr(args, "executor", "local"),
-        db=db,
+        progress=True,
         address=getattr(args, "address", None),
         max_parallel=getattr(args, "max_parallel", None),
-        progress=getattr(args, "progress", True),
+        batch_size=args.batch_size,
+        cpus=args.threads,
+        overrides=overrides,
+        drop=drop,
     )
-    if result.failed:
-        print(f"{len(result.failed)} job(s) of {config.source} failed:\n{failure_report(result)}")
     rows = []
     with ResultsStore(result.db) as store:
         runs = {run["id"]: run for run in store.runs()}
         for outcome in result.outcomes:
-            run = runs.get(outcome.run_id) if outcome.status != "failed" else None
-            samples = None if run is None else store.samples(run["id"])
+            run = runs[outcome.run_id]
+            samples = store.samples(run["id"])
             rows.append(
                 {
                     "job": outcome.job,
                     "status": outcome.status,
-                    "run_id": None if run is None else run["id"],
-                    "summary": None if run is None else run["summary"],
+                    "run_id": run["id"],
+                    "summary": run["summary"],
                     "samples": samples,
-                    "figures": None if run is None else run_figures(run["summary"], samples),
+                    "figures": run_figures(run["summary"], samples),
                 }
             )
     return rows

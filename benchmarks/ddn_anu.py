@@ -45,10 +45,8 @@ def _table_rows(dataset: str, models: list[str], args) -> list[dict]:
     for mode, table in MODES.items():
         n = args.n if mode == "untargeted" else args.targeted_n
         path = CONFIGS / f"ddn_anu_{table}_{dataset}.toml"
-        config = harness.sweep_config(path, args, n=n, models=models, overrides=overrides)
-        for entry in harness.sweep_rows(config, args):
-            if entry["figures"] is not None:
-                rows.append(_row(entry, mode))
+        entries = harness.sweep_rows(path, args, models, n=n, overrides=overrides)
+        rows += [_row(entry, mode) for entry in entries]
     order = {mode: i for i, mode in enumerate(MODES)}
     return sorted(
         rows, key=lambda r: (r["model"], order[r["mode"]], r["steps"], METHODS.index(r["method"]))
@@ -101,9 +99,7 @@ def _curves(model_name: str, table_rows: list[dict], args, done) -> dict[str, li
         key = (model_name, "curve", method, args.curve_steps, x.shape[0])
         if key not in done:
             runs = [r for r in table_rows if r["model"] == model_name and r["mode"] == "untargeted"]
-            table = next((r for r in runs if r["method"] == method), None)
-            if table is None:  # its Table 1 jobs failed (reported by the sweep)
-                continue
+            table = next(r for r in runs if r["method"] == method)
             settings = table["hyperparameters"] | {"steps": args.curve_steps}
             done.record(
                 {

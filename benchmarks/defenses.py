@@ -11,12 +11,17 @@ docs/results/defenses.md generated from the stored rows.
 - ``transfer`` (Table 8): examples made on mnist-cnn, judged on mnist-cnn-distilled-t100
   (``advx.evaluation.transfer``, all 9 targets, best / average / worst case) over kappa, and
   I-FGM (minimal eps on the Table 4 grid) for comparison.
+- ``madry`` (Table 9): natural and PGD-40 accuracy (random start, untargeted) on the first 1000
+  test images of every ``mnist-madry*`` model in the cache (``advx train mnist-madry``), at its
+  training eps with the thesis's step 2 eps / 40, and at eps 0.3 with Madry et al.'s step 0.01.
 
     python benchmarks/defenses.py --parts squeeze --n 20 --out results/defenses
     python benchmarks/defenses.py --parts distill transfer --n 4 --out results/defenses-distill \
         --cache-dir /work/cache/defenses-reduced
     python benchmarks/defenses.py --report --inputs results/defenses results/defenses-distill \
         --doc docs/results/defenses.md --notes benchmarks/defenses_notes.md
+    python benchmarks/defenses.py --parts madry --out results/madry --report \
+        --doc docs/results/madry.md
 
 Rows are appended to ``<out>/results.jsonl`` as they are measured; a rerun skips those already
 there. ``--report`` reads the stored rows only. The script never trains a model (train the
@@ -259,6 +264,83 @@ def run_transfer(args, results: Results) -> None:
         print(json.dumps(row), flush=True)
 
 
+THESIS_TABLE9 = {0.1: (99.38, 95.53), 0.2: (99.0, 92.65), 0.3: (98.16, 91.14), 0.4: (11.35, 11.35)}
+MADRY_EVALUATED = 1000
+
+
+def _madry_models(cache_dir) -> dict[str, float]:
+    """The cached Madry models and their training eps."""
+    from advx.defenses.madry import madry_eps
+    from advx.models import resolve_cache_dir
+
+    found = {}
+    for path in sorted(resolve_cache_dir(cache_dir).glob("mnist-madry*.pt")):
+        eps = madry_eps(path.stem)
+        if eps is not None:
+            found[path.stem] = eps
+    return found
+
+
+def _pgd_accuracy(model, x, y, eps: float, step_size: float) -> dict:
+    """Accuracy under untargeted PGD-Linf (40 steps of ``step_size``, random start) on all of
+    ``x`` (misclassified images count as errors), through the runner."""
+    hyper = {"eps": eps, "steps": 40, "step_size": step_size, "random_start": True}
+    result = run_attack(model, x, y, "pgd", norm=INF, hyperparameters=hyper, progress=False)
+    s = result.summary
+    return {"accuracy": s["robust_accuracy"][eps], "seconds_per_image": s["seconds_per_sample"]}
+
+
+def run_madry(args, results: Results) -> None:
+    x_all, y_all = load_dataset("mnist", "test")
+    x, y = x_all[:MADRY_EVALUATED], y_all[:MADRY_EVALUATED]
+    for name, eps in _madry_models(args.cache_dir).items():
+        model = load(name, cache_dir=args.cache_dir, train_if_missing=False)
+        with torch.no_grad():
+            natural = (model(x).argmax(1) == y).double().mean().item()
+        for attack_eps, step in sorted({(eps, 2 * eps / 40), (0.3, 0.01)}):
+            key = f"madry/{name}/{attack_eps:g}/{step:g}/{MADRY_EVALUATED}"
+            if key in results:
+                continue
+            row = {"part": "madry", "model": name, "train_eps": eps, "eps": attack_eps}
+            row |= {"step_size": step, "natural": natural, "n": MADRY_EVALUATED}
+            row |= _pgd_accuracy(model, x, y, attack_eps, step)
+            results.add(key, row)
+            print(json.dumps(row), flush=True)
+
+
+def _madry_lines(rows: list[dict]) -> list[str]:
+    rows = sorted((r for r in rows if r.get("part") == "madry"), key=lambda r: r["train_eps"])
+    if not rows:
+        return []
+    cells = []
+    for r in rows:
+        thesis = THESIS_TABLE9.get(r["train_eps"])
+        cells.append(
+            [
+                r["model"],
+                f"{r['train_eps']:g}",
+                f"{r['eps']:g} (step {r['step_size']:g})",
+                str(r["n"]),
+                _pct(r["natural"]),
+                _pct(r["accuracy"]),
+                "-" if thesis is None else f"{thesis[0]:.2f} / {thesis[1]:.2f}",
+            ]
+        )
+    headers = ["model", "train eps", "PGD-40 eps", "images", "natural", "PGD-40", "thesis"]
+    return [
+        "## Table 9: the Madry defense model",
+        "",
+        "Natural accuracy and accuracy under untargeted PGD-Linf (40 steps, random start) on the "
+        "first 1000 MNIST test images (misclassified images count as errors). The thesis column "
+        "is its natural / adversarial test accuracy at the same training eps (PGD step "
+        "2 eps / 40). Training recipes are recorded in each model's checkpoint "
+        "(`advx train mnist-madry ...`).",
+        "",
+        *_table(headers, cells),
+        "",
+    ]
+
+
 # -------------------------------------------------------------------------------- report
 
 
@@ -452,6 +534,7 @@ def write_report(args) -> None:
         "",
     ]
     lines += _squeeze_lines(rows) + _distill_lines(rows) + _transfer_lines(rows)
+    lines += _madry_lines(rows)
     if figure7 is not None:
         lines += [f"![Figure 7]({figure7.name})", ""]
     if figure is not None:
@@ -467,7 +550,7 @@ def write_report(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--parts", nargs="*", default=[], choices=("squeeze", "distill", "transfer")
+        "--parts", nargs="*", default=[], choices=("squeeze", "distill", "transfer", "madry")
     )
     parser.add_argument("--n", type=int, default=10, help="images (all 9 targets each)")
     parser.add_argument("--out", default="results/defenses")
@@ -484,6 +567,7 @@ def main() -> None:
     Path(args.out).mkdir(parents=True, exist_ok=True)
     results = Results(Path(args.out) / "results.jsonl")
     runners = {"squeeze": run_squeeze, "distill": run_distill, "transfer": run_transfer}
+    runners["madry"] = run_madry
     if args.quick:  # smoke runs only
         BUDGET.update(binary_search_steps=1, steps=3)
     for part in args.parts:

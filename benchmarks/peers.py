@@ -8,23 +8,29 @@ early). Prints median and mean L2 (L1 and the elastic-net distance for EAD) of t
 successful examples, success rate (re-checked
 here with a fresh forward pass, never taken from the library) and wall seconds per image.
 
-The peers are never advx dependencies: run this from a separate environment that has them, e.g.
+The images are the harness's (``benchmarks/_harness.py``: the first N correctly classified of
+the first 1,000 test images, the same for every library). The peers are never advx dependencies:
+run this from a separate environment that has them, e.g.
 
     python3 -m venv /work/peers && /work/peers/bin/pip install torch==2.13.0 foolbox \
         torchattacks adv-lib && /work/peers/bin/pip install -e .
-    /work/peers/bin/python benchmarks/peers.py --model mnist-cnn --n 200 --cw-n 100 \
+    /work/peers/bin/python benchmarks/peers.py --models mnist-cnn --n 200 --cw-n 100 \
         --cw-search 9 --cw-steps 1000 --out results/peers
 
 A peer that cannot be imported is skipped (the output says so). Batches are timed one at a time
 and the order of the implementations rotates from one batch to the next, so that a slower or
-faster spell of the shared machine does not favour one of them. Rows are appended to
-``<out>/results.jsonl``.
-The models must be trained already (``advx train NAME``); the script never trains one.
+faster spell of the shared machine does not favour one of them. advx's own rows are timed and
+re-checked here in the same way as the peers' (not through ``run_attack``), so that the timing is
+side by side and fair: the same loop, the same batches, the same wall clock. Rows are kept in
+``<out>/results.jsonl`` (the harness's results format, with the command, date, machine and torch
+version of the run; ``benchmarks/peers_report.py`` reads them); a rerun skips an attack family
+whose rows for the same model, budget, images and libraries are there already (resume): to
+measure again, give another ``--out``. The models must be trained already (``advx train NAME``);
+the script never trains one.
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import importlib
 import json
@@ -37,11 +43,10 @@ import types
 from collections.abc import Callable
 from pathlib import Path
 
+import _harness as harness
 import torch
 
 from advx.attacks import carlini_wagner_l2, ddn, deepfool, ead, lp_norm, trust_region
-from advx.data import first_correct, load_dataset
-from advx.models import get_spec, load
 
 Attack = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -280,36 +285,13 @@ def _compare(
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="mnist-cnn")
-    parser.add_argument("--n", type=int, default=200, help="images for DeepFool and DDN")
-    parser.add_argument("--cw-n", type=int, default=100, help="images for C&W")
-    parser.add_argument("--ead-n", type=int, default=20, help="images for EAD")
-    parser.add_argument("--ead-beta", type=float, default=1e-3)
-    parser.add_argument("--attacks", nargs="+", default=["deepfool", "ddn", "cw", "tr"])
-    parser.add_argument(
-        "--libraries",
-        nargs="+",
-        default=None,
-        help="run only these (advx always runs), e.g. --libraries adv-lib for a two-way rotation",
-    )
-    parser.add_argument("--df-steps", type=int, default=50)
-    parser.add_argument("--ddn-steps", type=int, default=100)
-    parser.add_argument("--cw-search", type=int, default=9)
-    parser.add_argument("--cw-steps", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="results/peers")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = load(args.model, args.data_dir, train_if_missing=False).eval()  # never train here
-    images, labels = load_dataset(get_spec(args.model).dataset, "test", args.data_dir)
-    x, y, _ = first_correct(model, images[:1000], labels[:1000], max(args.n, args.cw_n, args.ead_n))
-    families = {
+def _key(row: dict) -> str:
+    return json.dumps([row["model"], row["attack"], row["budget"], row["n"], row["library"]])
+
+
+def _families(args) -> dict[str, tuple[Callable, int, str]]:
+    """family -> (its implementations, number of images, budget as printed and stored)."""
+    return {
         "deepfool": (_deepfool_implementations, args.n, f"L2, {args.df_steps} steps"),
         "ddn": (_ddn_implementations, args.n, f"{args.ddn_steps} steps"),
         "cw": (_cw_implementations, args.cw_n, f"L2, {args.cw_search}x{args.cw_steps}"),
@@ -320,38 +302,85 @@ def main() -> None:
             f"EN rule, beta {args.ead_beta:g}, {args.cw_search}x{args.cw_steps}",
         ),
     }
-    print(f"model {args.model}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    run = {  # stored with every row: how, when and where it was measured
+
+
+def _provenance() -> dict:
+    """How, when and where the rows were measured (stored with every row)."""
+    return {
         "command": " ".join(["python", *sys.argv]),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
+
+
+def _print_rows(family: str, budget: str, n: int, rows: list[dict]) -> None:
+    print(f"{family} ({budget}) on {n} images")
+    norm = "l1" if family == "ead" else "l2"
+    head = f"  {'library':<13} {'success':>8} {'median ' + norm.upper():>10} "
+    head += f"{'mean ' + norm.upper():>9} {'mean EN':>9} {'s/img':>8}"
+    print(head)
+    for row in rows:
+        print(
+            f"  {row['library']:<13} {row['success']:>8.3f} {row['median_' + norm]:>10.4f} "
+            f"{row['mean_' + norm]:>9.4f} {row['mean_en']:>9.4f} "
+            f"{row['seconds_per_image']:>8.4f}",
+            flush=True,
+        )
+
+
+def run_model(name: str, args, results) -> None:
+    """Every requested family on model ``name``: all its libraries side by side."""
+    wanted = max(args.n, args.cw_n, args.ead_n)
+    model, x, y = harness.evaluation_images(name, wanted, args.data_dir)
+    print(f"model {name}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
+    run = _provenance()
     for family in args.attacks:
-        make, n, budget = families[family]
+        make, n, budget = _families(args)[family]
         n = min(n, x.shape[0])  # the correctly classified among the first 1000 test images
         impls, missing = make(args)
         if args.libraries is not None:
             impls = {k: v for k, v in impls.items() if k == "advx" or k in args.libraries}
         for line in missing:
             print(f"  {family}: skipped {line}")
-        rows = _compare(model, x[:n], y[:n], impls, args.batch_size, args.ead_beta)
-        print(f"{family} ({budget}) on {n} images")
-        norm = "l1" if family == "ead" else "l2"
-        head = f"  {'library':<13} {'success':>8} {'median ' + norm.upper():>10} "
-        head += f"{'mean ' + norm.upper():>9} {'mean EN':>9} {'s/img':>8}"
-        print(head)
-        with (out / "results.jsonl").open("a") as f:
-            for name, row in rows.items():
-                print(
-                    f"  {name:<13} {row['success']:>8.3f} {row['median_' + norm]:>10.4f} "
-                    f"{row['mean_' + norm]:>9.4f} {row['mean_en']:>9.4f} "
-                    f"{row['seconds_per_image']:>8.4f}",
-                    flush=True,
-                )
-                row |= {"model": args.model, "attack": family, "budget": budget, "n": n, **run}
-                f.write(json.dumps(row | {"library": name}) + "\n")
+        rows = [
+            {"model": name, "attack": family, "budget": budget, "n": n, "library": library}
+            for library in impls
+        ]
+        if not all(_key(row) in results for row in rows):
+            measured = _compare(model, x[:n], y[:n], impls, args.batch_size, args.ead_beta)
+            for row in rows:
+                results.record(measured[row["library"]] | row | run)
+        _print_rows(family, budget, n, [results[_key(row)] for row in rows])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the comparison (``argv``: the command-line arguments)."""
+    parser = harness.parser(__doc__, models=["mnist-cnn"], n=200, out="results/peers")
+    parser.add_argument("--cw-n", type=int, default=100, help="images for C&W")
+    parser.add_argument("--ead-n", type=int, default=20, help="images for EAD")
+    parser.add_argument("--ead-beta", type=float, default=1e-3)
+    parser.add_argument(
+        "--attacks",
+        nargs="+",
+        default=["deepfool", "ddn", "cw", "tr"],
+        choices=["deepfool", "ddn", "cw", "tr", "ead"],
+    )
+    parser.add_argument(
+        "--libraries",
+        nargs="+",
+        default=None,
+        help="run only these (advx always runs), e.g. --libraries adv-lib for a two-way rotation",
+    )
+    parser.add_argument("--df-steps", type=int, default=50)
+    parser.add_argument("--ddn-steps", type=int, default=100)
+    parser.add_argument("--cw-search", type=int, default=9)
+    parser.add_argument("--cw-steps", type=int, default=1000)
+    args = parser.parse_args(argv)
+    results = harness.setup(args, key=_key)
+    for name in args.models:
+        run_model(name, args, results)
 
 
 if __name__ == "__main__":

@@ -13,20 +13,31 @@ before clipping to the box [0, 1], which both then undergo):
 Also the mean Lp norm actually applied (after clipping), the fraction of images whose rounded
 prediction (the predicted digit) changes, and the seconds per batch of the attack.
 
-    python benchmarks/regression.py --n 1000 [--train]
+Not through ``run_attack``: the runner measures classifiers (success is a changed argmax), while
+the regression attack has no labels and is judged by the output change, so the attack is timed
+here batch by batch. The images are the first N test images, all of them (``first_test_images``
+of the harness: a regressor has no "correctly classified" to select on). Each row draws its noise
+from a generator seeded with ``--seed``, so a resumed row equals a fresh one.
+
+    python benchmarks/regression.py --n 1000 --out results/regression
+
+Rows print as they are measured and are appended to ``<out>/results.jsonl``; a rerun skips the
+rows already there (resume). The model must be trained already (``advx train mnist-regress``);
+the script never trains one.
 """
 
 from __future__ import annotations
 
-import argparse
+import json
 import time
 
+import _harness as harness
 import torch
 
 from advx.attacks._core import INF, clip_box, lp_norm, view_like
 from advx.attacks.regression import regression_attack
 from advx.data import load_dataset
-from advx.models import load, model_path
+from advx.models import get_spec
 from advx.models.training import predicted_labels
 
 GRIDS = {1.0: [0.5, 1.0, 2.0], 2.0: [0.5, 1.0, 2.0], INF: [0.01, 0.03, 0.1]}
@@ -53,65 +64,85 @@ def _outputs(model, x, batch):
     return torch.cat([model(x[i : i + batch]) for i in range(0, len(x), batch)])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="mnist-regress")
-    parser.add_argument("--n", type=int, default=1000, help="first N test images")
-    parser.add_argument("--batch", type=int, default=250)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--train", action="store_true", help="train the model if not cached")
-    parser.add_argument("--data-dir", default=None)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    if not model_path(args.model).is_file() and not args.train:
-        raise SystemExit(f"no checkpoint at {model_path(args.model)}: use --train")
-    model = load(args.model, args.data_dir, train_if_missing=args.train).eval()
-    x_all, y_all = load_dataset("mnist", "test", args.data_dir)
-    x = x_all[: args.n]
-    clean = _outputs(model, x, args.batch)
-    all_out = _outputs(model, x_all, 1000)
-    rmse = (all_out.reshape(-1) - y_all.float()).pow(2).mean().sqrt().item()
-    accuracy = (predicted_labels(all_out) == y_all).float().mean().item()
-    print(
-        f"{args.model}: test RMSE {rmse:.3f}, rounded-digit accuracy {100 * accuracy:.2f}% "
-        f"(whole test split); attacking the first {len(x)} test images, {args.threads} thread(s)"
+def _key(row: dict) -> str:
+    fields = [row.get("kind"), row.get("model"), row.get("n"), row.get("p"), row.get("eps")]
+    return json.dumps(fields + [row.get("seed")])
+
+
+def _model_row(model, name: str, args, results) -> dict:
+    """Test RMSE and rounded-digit accuracy on the whole test split."""
+    row = {"kind": "model", "model": name}
+    if _key(row) not in results:
+        x_all, y_all = load_dataset(get_spec(name).dataset, "test", args.data_dir)
+        out = _outputs(model, x_all, 1000)
+        rmse = (out.reshape(-1) - y_all.float()).pow(2).mean().sqrt().item()
+        accuracy = (predicted_labels(out) == y_all).float().mean().item()
+        results.record(row | {"rmse": rmse, "accuracy": accuracy})
+    return results[_key(row)]
+
+
+def _attack_row(model, x, clean, p: float, eps: float, args) -> dict:
+    """Output change, applied norm and changed-digit share of the attack and of random noise."""
+    start = time.perf_counter()
+    batch = args.batch_size
+    adv = torch.cat(
+        [
+            regression_attack(model, x[i : i + batch], eps=eps, norm=p)
+            for i in range(0, len(x), batch)
+        ]
     )
-    header = (
-        f"{'p':>4s} {'eps':>6s} {'|df| attack':>12s} {'|df| random':>12s} {'ratio':>7s} "
-        f"{'||eta|| att':>11s} {'||eta|| rnd':>11s} {'digit chg att':>13s} "
-        f"{'digit chg rnd':>13s} {'s/batch':>8s}"
+    seconds = (time.perf_counter() - start) / -(-len(x) // batch)
+    noisy = random_noise(x, eps, p, torch.Generator().manual_seed(args.seed))
+    row = {"seconds_per_batch": seconds}
+    for kind, points in (("attack", adv), ("random", noisy)):
+        out = _outputs(model, points, batch)
+        row[kind] = {
+            "change": (out - clean).norm(dim=1).mean().item(),
+            "norm": lp_norm(points - x, p).mean().item(),
+            "digit": (predicted_labels(out) != predicted_labels(clean)).float().mean().item(),
+        }
+    return row
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark (``argv``: the command-line arguments)."""
+    parser = harness.parser(
+        __doc__, models=["mnist-regress"], n=1000, out="results/regression", batch=250
     )
-    print(header)
-    generator = torch.Generator().manual_seed(args.seed)
-    for p, grid in GRIDS.items():
-        for eps in grid:
-            start = time.perf_counter()
-            adv = torch.cat(
-                [
-                    regression_attack(model, x[i : i + args.batch], eps=eps, norm=p)
-                    for i in range(0, len(x), args.batch)
-                ]
-            )
-            seconds = (time.perf_counter() - start) / -(-len(x) // args.batch)
-            noisy = random_noise(x, eps, p, generator)
-            rows = {}
-            for kind, points in (("attack", adv), ("random", noisy)):
-                out = _outputs(model, points, args.batch)
-                rows[kind] = {
-                    "change": (out - clean).norm(dim=1).mean().item(),
-                    "norm": lp_norm(points - x, p).mean().item(),
-                    "digit": (predicted_labels(out) != predicted_labels(clean)).float().mean(),
-                }
-            a, r = rows["attack"], rows["random"]
-            ratio = a["change"] / max(r["change"], 1e-12)
-            p_name = "inf" if p == INF else f"{p:g}"
-            print(
-                f"{p_name:>4s} {eps:6g} {a['change']:12.4f} {r['change']:12.4f} {ratio:7.1f} "
-                f"{a['norm']:11.4f} {r['norm']:11.4f} {100 * a['digit']:12.1f}% "
-                f"{100 * r['digit']:12.1f}% {seconds:8.3f}",
-                flush=True,
-            )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random noise")
+    args = parser.parse_args(argv)
+    results = harness.setup(args, key=_key)
+    for name in args.models:
+        model, x, _ = harness.first_test_images(name, args.n, args.data_dir)
+        clean = _outputs(model, x, args.batch_size)
+        figures = _model_row(model, name, args, results)
+        print(
+            f"{name}: test RMSE {figures['rmse']:.3f}, rounded-digit accuracy "
+            f"{100 * figures['accuracy']:.2f}% (whole test split); attacking the first {len(x)} "
+            f"test images, {args.threads} thread(s)"
+        )
+        print(
+            f"{'p':>4s} {'eps':>6s} {'|df| attack':>12s} {'|df| random':>12s} {'ratio':>7s} "
+            f"{'||eta|| att':>11s} {'||eta|| rnd':>11s} {'digit chg att':>13s} "
+            f"{'digit chg rnd':>13s} {'s/batch':>8s}"
+        )
+        for p, grid in GRIDS.items():
+            for eps in grid:
+                row = {"kind": "attack", "model": name, "n": len(x), "p": p, "eps": eps}
+                row["seed"] = args.seed
+                if _key(row) not in results:
+                    results.record(row | _attack_row(model, x, clean, p, eps, args))
+                row = results[_key(row)]
+                a, r = row["attack"], row["random"]
+                ratio = a["change"] / max(r["change"], 1e-12)
+                p_name = "inf" if p == INF else f"{p:g}"
+                print(
+                    f"{p_name:>4s} {eps:6g} {a['change']:12.4f} {r['change']:12.4f} "
+                    f"{ratio:7.1f} {a['norm']:11.4f} {r['norm']:11.4f} "
+                    f"{100 * a['digit']:12.1f}% {100 * r['digit']:12.1f}% "
+                    f"{row['seconds_per_batch']:8.3f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -276,12 +276,7 @@ def _grid_rows(dataset: str, models: list[str], args) -> list[dict]:
             continue
         path = Path(args.configs) / f"trust_region_table{table}_{dataset}.toml"
         drop = ("cw-l2",) if args.cw_search == 0 else ()
-        config = harness.sweep_config(
-            path, args, models=models, overrides=_overrides(args), drop=drop
-        )
-        for entry in harness.sweep_rows(config, args):
-            if entry["figures"] is None:
-                continue
+        for entry in harness.sweep_rows(path, args, models, overrides=_overrides(args), drop=drop):
             job = entry["job"]
             row = _table_row(entry["figures"]) | {
                 "model": job.model,

@@ -146,16 +146,15 @@ def test_ddn_anu_rows_come_from_the_sweep(scripts, tmp_path, monkeypatch, capsys
     assert "4 of 4 jobs already complete" in capsys.readouterr().out
 
 
-def test_sweep_config_applies_the_script_options(scripts):
+def test_grid_config_applies_the_script_options(scripts):
     harness = scripts("_harness")
-    args = harness.parser("x", models=["mnist-cnn"], n=7, out="unused").parse_args(
-        ["--batch-size", "4", "--threads", "2"]
-    )
     path = BENCHMARKS / "configs" / "trust_region_table1_mnist.toml"
-    config = harness.sweep_config(
+    config = harness.grid_config(
         path,
-        args,
         models=["mnist-mlp"],
+        n=7,
+        batch_size=4,
+        cpus=2,
         overrides={"trust-region": {"refine_steps": 2, "steps": 3}, "cw-l2": {"steps": 9}},
         drop=("deepfool",),
     )
@@ -168,6 +167,8 @@ def test_sweep_config_applies_the_script_options(scripts):
     assert sorted(hp.get("refine_steps", 0) for hp in tr) == [0, 0, 0, 0, 2, 2]
     assert all("steps" not in hp for hp in tr)
     assert [j.hyperparameters["steps"] for j in jobs if j.attack == "cw-l2"] == [9]
+    unchanged = harness.grid_config(path, models=["mnist-cnn"], n=7).jobs
+    assert {(j.batch_size, j.cpus) for j in unchanged} == {(100, 1)}
 
 
 def test_run_figures_reads_relative_norms_over_successes(scripts):
@@ -180,6 +181,8 @@ def test_run_figures_reads_relative_norms_over_successes(scripts):
     }
     summary = {
         "norm": "l2",
+        "clean_accuracy": 0.75,
+        "robust_accuracy": {},
         "success_rate": 0.75,
         "norm_stats": {"mean": 1.0, "median": 1.0},
         "seconds_per_sample": 0.5,

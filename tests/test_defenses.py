@@ -324,3 +324,67 @@ def test_madry_recipe_trains_on_pgd_linf_examples_and_resumes(tmp_path):
     assert madry_name(0.1) == "mnist-madry-eps0.1"
     with pytest.raises(ValueError, match="eps"):
         madry_name(0.0)
+
+
+def test_fgsm_rs_recipe_is_one_step_of_one_and_a_quarter_eps_from_a_random_start():
+    from advx.defenses.madry import madry_attack_settings
+
+    settings = madry_attack_settings(0.3, "fgsm-rs", steps=40, step_size=0.01)
+    assert settings == {
+        "norm": float("inf"),
+        "steps": 1,
+        "step_size": pytest.approx(0.375),
+        "random_start": True,
+    }
+    assert madry_attack_settings(0.3, "pgd", 40, 0.01)["steps"] == 40
+    with pytest.raises(ValueError, match="method"):
+        madry_attack_settings(0.3, "fgsm", 40, 0.01)
+
+
+def test_fgsm_rs_training_examples_stay_in_the_eps_ball_and_the_box():
+    from advx.attacks import pgd
+    from advx.defenses.madry import madry_attack_settings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    x = torch.rand(32, 16)
+    y = torch.randint(0, 3, (32,))
+    adv = pgd(model, x, y, eps=0.3, **madry_attack_settings(0.3, "fgsm-rs", 40, 0.01))
+    assert (adv - x).abs().max() <= 0.3 + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert not torch.equal(adv, x)
+
+
+@pytest.mark.parametrize(
+    "name, eps",
+    [
+        ("mnist-madry", 0.3),
+        ("mnist-madry-eps0.1", 0.1),
+        ("mnist-madry-eps0.4", 0.4),
+        ("mnist-madry-eps0", None),
+        ("mnist-madry-eps1.5", None),
+        ("mnist-madry-epsx", None),
+        ("mnist-cnn", None),
+    ],
+)
+def test_madry_eps_reads_the_cache_name(name, eps):
+    from advx.defenses.madry import madry_eps
+
+    assert madry_eps(name) == eps
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["train", "mnist-madry", "--set", "method=fgsm"], "method"),
+        (["train", "mnist-madry", "--set", "beta=0.5"], "--set"),
+        (["train", "mnist-madry", "--distill", "10"], "--distill"),
+        (["train", "mnist-madry-eps9", "--epochs", "1"], "name"),
+    ],
+)
+def test_cli_madry_rejects_bad_settings(argv, named, capsys, tmp_path, monkeypatch):
+    from advx.cli import main
+
+    monkeypatch.setenv("ADVX_CACHE", str(tmp_path))
+    assert main(argv) == 2
+    assert named in capsys.readouterr().err

@@ -537,11 +537,13 @@ def _json_safe(value):
 
 def _command_train(args: argparse.Namespace) -> int:
     from . import models
+    from .defenses.madry import madry_eps
 
-    try:
-        models.get_spec(args.name)
-    except ValueError as error:
-        raise UsageError(f"name: {error}") from None
+    if madry_eps(args.name) is None:
+        try:
+            models.get_spec(args.name)
+        except ValueError as error:
+            raise UsageError(f"name: {error}") from None
     device = resolve_device(args.device)
     common = {
         "epochs": args.epochs,
@@ -551,7 +553,9 @@ def _command_train(args: argparse.Namespace) -> int:
     }
     checkpoint = models.resolve_cache_dir() / f"{args.name}.ckpt"
     try:
-        if args.distill is not None:
+        if madry_eps(args.name) is not None:
+            _model, metrics, saved = _madry_train(args, common, device)
+        elif args.distill is not None:
             if device.type != "cpu":
                 raise UsageError("--device: distillation runs on the CPU only")
             _model, metrics, saved = _distill_train(args, common)
@@ -574,6 +578,33 @@ def _command_train(args: argparse.Namespace) -> int:
     accuracy = metrics.get("test_accuracy")
     print(f"trained {saved}: test accuracy {accuracy:.4f}, saved to {models.model_path(saved)}")
     return 0
+
+
+def _madry_train(args: argparse.Namespace, common: dict, device):
+    """``advx train mnist-madry`` (eps 0.3) or ``mnist-madry-eps<EPS>``: the Madry recipe, with
+    ``--set method=fgsm-rs`` (Wong et al. 2020), ``--set steps=..``, ``--set step_size=..``."""
+    from .defenses.madry import MADRY_EPOCHS, madry_eps, madry_training
+
+    if device.type != "cpu":
+        raise UsageError("--device: adversarial training runs on the CPU only")
+    if args.adversarial or args.distill is not None or args.init_from or args.max_norm is not None:
+        raise UsageError(
+            f"{args.name} is the Madry recipe: it takes --epochs, --seed, --max-samples and "
+            "--set method=pgd|fgsm-rs / steps= / step_size=, not --adversarial, --distill, "
+            "--init-from or --max-norm"
+        )
+    settings = parse_settings(args.settings)
+    unknown = sorted(set(settings) - {"method", "steps", "step_size"})
+    if unknown:
+        raise UsageError(f"--set: {args.name} takes method, steps and step_size, not {unknown}")
+    common = {k: v for k, v in common.items() if k != "init_from"}
+    common["epochs"] = common["epochs"] or MADRY_EPOCHS
+    eps = madry_eps(args.name)
+    try:
+        model, metrics = madry_training(eps, data_dir=args.data_dir, **settings, **common)
+    except ValueError as error:
+        raise UsageError(f"--set: {error}") from None
+    return model, metrics, args.name
 
 
 def _distill_train(args: argparse.Namespace, common: dict):
