@@ -12,10 +12,10 @@ The table rows are the ``advx bench`` sweeps ``benchmarks/configs/ddn_anu_table1
 and ``ddn_anu_table2_<dataset>.toml`` (hyperparameters: ``DDN_DEFAULTS``, ``ANU_DEFAULTS``,
 ``ANU_TARGETED_DEFAULTS``) with ``--n`` / ``--targeted-n``, ``--models``, ``--budgets``,
 ``--batch-size`` and ``--threads`` (per job) applied, run by ``run_sweep`` into
-``<out>/sweep.sqlite`` (``--executor local|ray``; a rerun skips the finished jobs) and read back
-from the store. The script itself computes only the curve, which needs the attacks'
-per-iteration callback (with the Table 1 runs' hyperparameters; rows of ``<out>/results.jsonl``,
-resumed on a rerun).
+``<out>/sweep.sqlite`` (``--executor local|ray``; a rerun skips the finished jobs; failed jobs
+are listed and end the run) and read back from the store. The script itself computes only the
+curve, which needs the attacks' per-iteration callback (with the Table 1 runs'
+hyperparameters; rows of ``<out>/results.jsonl``, resumed on a rerun).
 
     python benchmarks/ddn_anu.py --models mnist-cnn cifar-cnn --n 1000 --targeted-n 100 \
         --budgets 50 70 100 200 500 1000 --out results/ddn_anu

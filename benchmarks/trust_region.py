@@ -41,14 +41,13 @@ the "-> class" rows) are the ``advx bench`` sweeps ``<configs>/trust_region_tabl
 and ``trust_region_table2_<dataset>.toml`` (``--configs``, default ``benchmarks/configs``) with
 ``--n``, ``--models``, ``--batch-size``, ``--threads`` and the budget options above applied, run
 by ``run_sweep`` into ``<out>/sweep.sqlite`` (``--executor local|ray``; a rerun skips the
-finished jobs) and read back from the store (rho_p: the per-sample ``rel_l2`` / ``rel_linf``).
-Other settings of those rows (e.g. an absolute TR fixed radius) go into edited copies of the
-configs (``--configs``).
-The script computes itself, on the shared harness (``_harness.measure``: ``run_attack``), the
-bisected I-FGSM row (an attack of its own) and the "-> class" rows (their target tensor, which
-no targeted mode of a grid names), appended to ``<out>/results.jsonl`` and skipped on a rerun
-(resume); Table 5 (``trust_region``'s per-iteration callback, which ``run_attack`` cannot
-pass); the checks and the plot.
+finished jobs; failed jobs are listed and end the run) and read back from the store (rho_p: the
+per-sample ``rel_l2`` / ``rel_linf``). Other settings of those rows (e.g. an absolute TR fixed
+radius) go into edited copies of the configs (``--configs``). The script computes itself, on the
+shared harness (``_harness.measure``: ``run_attack``), the bisected I-FGSM row (an attack of its
+own) and the "-> class" rows (their target tensor, which no targeted mode of a grid names),
+appended to ``<out>/results.jsonl`` and skipped on a rerun (resume); Table 5 (``trust_region``'s
+per-iteration callback, which ``run_attack`` cannot pass); the checks and the plot.
 
 Measured with this script (notes moved here from the attack's docstrings):
 
@@ -160,12 +159,12 @@ MINIMAL_IFGSM = AttackInfo(
 
 
 def _table5_rows(model, x, y, args, **options) -> list[dict]:
-    """Accuracy after k = 1..``args.t5_k`` fixed-radius (``args.t5_radius``) TR iterations (L2, best class) with the
-    given ``trust_region`` options (order, solver, stop_at_boundary), from one run per batch
-    (``trust_region``'s callback), with the cumulative seconds per image up to iteration k and
-    per image-iteration (an image iterates at step k while it is not yet adversarial). Called
-    directly, not through ``run_attack``: the runner passes no per-iteration callback and
-    measures only the final examples."""
+    """Accuracy after k = 1..``args.t5_k`` fixed-radius (``args.t5_radius``) TR iterations (L2,
+    best class) with the given ``trust_region`` options (order, solver, stop_at_boundary), from
+    one run per batch (``trust_region``'s callback), with the cumulative seconds per image up to
+    iteration k and per image-iteration (an image iterates at step k while it is not yet
+    adversarial). Called directly, not through ``run_attack``: the runner passes no
+    per-iteration callback and measures only the final examples."""
     steps = args.t5_k
     fooled = torch.zeros(steps + 1, x.shape[0], dtype=torch.bool)
     seconds = torch.zeros(steps + 1)
