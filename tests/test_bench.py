@@ -262,6 +262,19 @@ def test_report_json(local_reference, capsys):
         assert 0.0 <= run["summary"]["success_rate"] <= 1.0
 
 
+def test_connection_error_on_token_authentication_says_what_to_set():
+    from advx.evaluation.bench import _authentication_hint
+
+    try:
+        try:
+            raise RuntimeError("RPC error: InvalidAuthToken: token is missing or incorrect")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from cause
+    except ConnectionError as error:
+        assert "RAY_AUTH_MODE=token" in _authentication_hint(error)
+    assert _authentication_hint(ConnectionError("Failed to connect: no route to host")) == ""
+
+
 # ---------------------------------------------------------------------------------- Ray
 
 

@@ -769,8 +769,27 @@ def _connect_ray(address: str | None):
         raise ValueError("executor='ray' needs Ray: pip install 'advx[ray]'") from None
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, log_to_driver=True, include_dashboard=False)
+        try:
+            ray.init(address=address, log_to_driver=True, include_dashboard=False)
+        except ConnectionError as error:
+            raise ConnectionError(f"{error}{_authentication_hint(error)}") from error
     return ray
+
+
+def _authentication_hint(error: BaseException) -> str:
+    """A hint when connecting failed on Ray's token authentication (on by default for a cluster
+    started where ``~/.ray/auth_token`` exists; a driver given an address never turns it on)."""
+    causes, cause = [], error
+    while cause is not None:
+        causes.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    if "AuthToken" not in " ".join(causes) and "Authentication" not in " ".join(causes):
+        return ""
+    return (
+        ": the cluster uses Ray's token authentication; run with RAY_AUTH_MODE=token and the "
+        "cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN), or start the cluster with "
+        "RAY_AUTH_MODE=disabled on a trusted network"
+    )
 
 
 def _ray_sweep_bar(total: int, initial: int, progress: bool):
