@@ -415,6 +415,26 @@ def test_ray_progress_per_job_reaches_the_driver(ray_cluster, tmp_path, monkeypa
     assert all(node[:8] in m for m in messages if m.startswith("done"))
 
 
+def test_ray_job_progress_makes_a_tqdm_ray_bar_that_starts_at_the_resumed_samples(
+    ray_cluster, tmp_path, monkeypatch
+):
+    from ray.experimental import tqdm_ray
+
+    from advx.evaluation.bench import ray_job_progress
+
+    states: list[dict] = []
+    monkeypatch.setattr(
+        tqdm_ray._BarManager, "process_state_update", lambda self, state: states.append(state)
+    )
+    job = load_config(_one_job_config(tmp_path)).jobs[0]
+    bar = ray_job_progress(job)(total=4, initial=3, unit="sample", desc="fgm")
+    assert isinstance(bar, tqdm_ray.tqdm) and (bar.n, bar.total) == (3, 4)
+    bar.update(1)
+    bar.close()
+    assert states[0]["x"] == 3 and states[0]["desc"] == job.label()  # shown at once, resumed
+    assert states[-1]["x"] == 4 and states[-1]["closed"]
+
+
 def test_ray_retries_a_raising_task(ray_cluster, tmp_path, monkeypatch):
     from advx.evaluation import bench
 
