@@ -282,6 +282,7 @@ def test_connection_error_on_token_authentication_says_what_to_set():
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'advx[ray]')")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # tqdm_ray: leave builtins.print alone
     # log_to_driver: the workers' tqdm_ray progress reaches the driver as log lines
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
     yield ray
@@ -387,7 +388,6 @@ def test_ray_progress_per_job_reaches_the_driver(ray_cluster, tmp_path, monkeypa
     from ray.experimental import tqdm_ray
 
     states: list[dict] = []
-    monkeypatch.setenv("RAY_TQDM_PATCH_PRINT", "0")
     monkeypatch.setattr(
         tqdm_ray._BarManager, "process_state_update", lambda self, state: states.append(state)
     )
