@@ -33,6 +33,7 @@ from advx.evaluation.runner import run_attack
 from advx.evaluation.store import ResultsStore
 from advx.models import get_spec, load, model_path
 from advx.models.checkpoints import BUNDLED, read_checkpoint
+from advx.sources import is_user_model, load_user_model
 
 EVALUATED_TEST_IMAGES = 1000
 
@@ -43,7 +44,19 @@ def parser(doc: str, *, models: list[str], n: int, out: str, batch: int = 100, t
     p = argparse.ArgumentParser(
         description=doc.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--models", nargs="+", default=models, help="zoo models (trained already)")
+    p.add_argument(
+        "--models",
+        nargs="+",
+        default=models,
+        help="zoo models (trained already), or file.py:factory for a model outside the zoo",
+    )
+    p.add_argument("--weights", default=None, help="state dict of a file.py:factory model")
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        choices=("mnist", "cifar10"),
+        help="the data of a model outside the zoo (zoo models know theirs)",
+    )
     p.add_argument("--n", type=int, default=n, help="first N correctly classified test images")
     p.add_argument("--batch-size", type=int, default=batch)
     p.add_argument("--threads", type=int, default=threads, help="torch threads")
@@ -60,11 +73,23 @@ def setup(args: argparse.Namespace, key: Callable[[dict], object]) -> Results:
     return Results(out / "results.jsonl", key=key)
 
 
-def evaluation_images(model_name: str, n: int, data_dir: str | None = None):
-    """The model (never trained here: ``advx train NAME`` first) and its first ``n`` correctly
-    classified images among the first 1,000 test images, with their labels."""
-    model = load(model_name, data_dir, train_if_missing=False)
-    images, labels = load_dataset(get_spec(model_name).dataset, "test", data_dir)
+def load_model(
+    model_name: str, data_dir: str | None = None, *, weights=None, dataset: str = "mnist"
+) -> tuple[torch.nn.Module, str]:
+    """A zoo model (never trained here: ``advx train NAME`` first), or a model outside the zoo
+    given as ``file.py:factory`` with its ``weights`` (``advx.sources``), with its dataset."""
+    if is_user_model(model_name):
+        return load_user_model(model_name, weights).model, dataset
+    return load(model_name, data_dir, train_if_missing=False), get_spec(model_name).dataset
+
+
+def evaluation_images(
+    model_name: str, n: int, data_dir: str | None = None, *, weights=None, dataset="mnist"
+):
+    """The model (:func:`load_model`) and its first ``n`` correctly classified images among the
+    first 1,000 test images, with their labels."""
+    model, dataset = load_model(model_name, data_dir, weights=weights, dataset=dataset)
+    images, labels = load_dataset(dataset, "test", data_dir)
     x, y, _ = first_correct(
         model, images[:EVALUATED_TEST_IMAGES], labels[:EVALUATED_TEST_IMAGES], n
     )

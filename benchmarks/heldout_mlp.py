@@ -3,7 +3,7 @@
 trust-region defaults, tuned on zoo models, are also judged on a network they were not tuned on.
 
     python benchmarks/heldout_mlp.py --out results/heldout-mlp.pt      # trains it (about 1 min)
-    python benchmarks/peers.py --model benchmarks/heldout_mlp.py:mlp \\
+    python benchmarks/peers.py --models benchmarks/heldout_mlp.py:mlp \\
         --weights results/heldout-mlp.pt --n 200 --attacks tr --out results/peers
 
 Training: Adam (lr 1e-3), batch 128, 5 epochs, seed 0, on the 60,000 MNIST training images.

@@ -333,7 +333,9 @@ def _print_rows(family: str, budget: str, n: int, rows: list[dict]) -> None:
 def run_model(name: str, args, results) -> None:
     """Every requested family on model ``name``: all its libraries side by side."""
     wanted = max(args.n, args.cw_n, args.ead_n)
-    model, x, y = harness.evaluation_images(name, wanted, args.data_dir)
+    model, x, y = harness.evaluation_images(
+        name, wanted, args.data_dir, weights=args.weights, dataset=args.dataset
+    )
     print(f"model {name}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
     run = _provenance()
     for family in args.attacks:

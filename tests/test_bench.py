@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import stored_results
 
 from advx.cli import main
 from advx.evaluation import ResultsStore
@@ -23,8 +24,6 @@ from advx.models import get_spec
 from advx.models.checkpoints import BUNDLED
 
 N_IMAGES = 4
-# Columns that measure time, not results: the only ones allowed to differ between runs.
-TIMING = {"seconds"}
 
 
 def _tiny_checkpoint(path: Path) -> Path:
@@ -85,23 +84,6 @@ def tiny_config(tmp_path_factory) -> Path:
     return path
 
 
-def _stored(db: Path) -> dict:
-    """{lookup config: (status, rows without timing, summary without timing)} of a database."""
-    out = {}
-    with ResultsStore(db) as store:
-        for run in store.runs():
-            columns = store.samples(run["id"])
-            rows = [
-                tuple(columns[c][k].item() for c in sorted(columns) if c not in TIMING)
-                for k in range(len(columns["sample_index"]))
-            ]
-            summary = {k: v for k, v in (run["summary"] or {}).items() if "seconds" not in k}
-            images = [(i, o.tobytes(), a.tobytes()) for i, o, a in store.images(run["id"])]
-            key = json.dumps(run["config"], sort_keys=True)
-            out[key] = (run["status"], rows, json.dumps(summary, sort_keys=True), images)
-    return out
-
-
 @pytest.fixture(scope="module")
 def local_reference(tiny_config, tmp_path_factory) -> Path:
     db = tmp_path_factory.mktemp("local") / "local.sqlite"
@@ -141,10 +123,10 @@ def test_sweep_stores_every_job_and_all_targets_cases(local_reference):
 
 
 def test_rerun_skips_finished_jobs(tiny_config, local_reference, tmp_path):
-    before = _stored(local_reference)
+    before = stored_results(local_reference)
     result = run_sweep(tiny_config, db=local_reference, progress=False)
     assert {o.status for o in result.outcomes} == {"skipped"}
-    assert _stored(local_reference) == before
+    assert stored_results(local_reference) == before
 
 
 # ------------------------------------------------------------------------------- resume
@@ -167,13 +149,13 @@ def test_killed_driver_loses_and_duplicates_nothing(tiny_config, local_reference
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    interrupted = _stored(db)
+    interrupted = stored_results(db)
     assert any(status != "complete" for status, *_ in interrupted.values()), "not killed midway"
     assert len(interrupted) < 12 or _sample_count(db) < sum(
-        len(v[1]) for v in _stored(local_reference).values()
+        len(v[1]) for v in stored_results(local_reference).values()
     )
     assert main(["bench", str(tiny_config), "--db", str(db), "--quiet"]) == 0
-    assert _stored(db) == _stored(local_reference)
+    assert stored_results(db) == stored_results(local_reference)
 
 
 # ----------------------------------------------------------------------------- failures
@@ -280,6 +262,19 @@ def test_report_json(local_reference, capsys):
         assert 0.0 <= run["summary"]["success_rate"] <= 1.0
 
 
+def test_connection_error_on_token_authentication_says_what_to_set():
+    from advx.evaluation.bench import _authentication_hint
+
+    try:
+        try:
+            raise RuntimeError("RPC error: InvalidAuthToken: token is missing or incorrect")
+        except RuntimeError as cause:
+            raise ConnectionError("Failed to connect to Ray cluster at 10.0.0.1:6379") from cause
+    except ConnectionError as error:
+        assert "RAY_AUTH_MODE=token" in _authentication_hint(error)
+    assert _authentication_hint(ConnectionError("Failed to connect: no route to host")) == ""
+
+
 # ---------------------------------------------------------------------------------- Ray
 
 
@@ -287,7 +282,9 @@ def test_report_json(local_reference, capsys):
 def ray_cluster():
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'advx[ray]')")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")  # tqdm_ray: leave builtins.print alone
+    # log_to_driver: the workers' tqdm_ray progress reaches the driver as log lines
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=True)
     yield ray
     ray.shutdown()
 
@@ -296,7 +293,7 @@ def test_ray_gives_the_local_results(tiny_config, local_reference, ray_cluster, 
     db = tmp_path / "ray.sqlite"
     result = run_sweep(tiny_config, executor="ray", db=db, progress=False)
     assert [o.status for o in result.outcomes] == ["complete"] * 12
-    assert _stored(db) == _stored(local_reference)
+    assert stored_results(db) == stored_results(local_reference)
 
 
 def test_ray_resumes_a_half_finished_job(tiny_config, local_reference, ray_cluster, tmp_path):
@@ -309,8 +306,8 @@ def test_ray_resumes_a_half_finished_job(tiny_config, local_reference, ray_clust
             target.add_samples(run_id, rows)  # one stored sample of a four-sample run
     result = run_sweep(tiny_config, executor="ray", db=db, progress=False, max_parallel=2)
     assert [o.status for o in result.outcomes] == ["complete"] * 12
-    resumed = _stored(db)
-    reference = _stored(local_reference)
+    resumed = stored_results(db)
+    reference = stored_results(local_reference)
     for key in reference:  # the first two runs have no images for the pre-seeded sample
         assert resumed[key][:3] == reference[key][:3]
 
@@ -342,12 +339,108 @@ def _one_job_config(tmp_path) -> Path:
     return config
 
 
+def _two_job_config(tmp_path) -> Path:
+    config = tmp_path / "two.toml"
+    config.write_text(
+        '[data]\ndataset = "mnist-demo"\nn = 4\nbatch_size = 2\n[[models]]\nname = "mnist-cnn"\n'
+        '[[attacks]]\nname = "fgm"\neps = [0.1, 0.2]\n'
+    )
+    return config
+
+
+class RecordingBar:
+    """A progress bar that records what the runner tells it."""
+
+    def __init__(self, made: list, **options):
+        self.options, self.updates, self.closed = options, [], False
+        made.append(self)
+
+    def update(self, n: int = 1) -> None:
+        self.updates.append(n)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_execute_job_drives_the_progress_bar_it_is_given(tmp_path):
+    if not BUNDLED["mnist-cnn"].is_file():
+        pytest.skip("bundled mnist-cnn checkpoint not present")
+    from advx.evaluation.bench import execute_job
+
+    job = load_config(_two_job_config(tmp_path)).jobs[0]
+    made: list[RecordingBar] = []
+    first = execute_job(job, None, progress=lambda **o: RecordingBar(made, **o))
+    resumed = execute_job(
+        job, None, seed_rows=first["rows"][:2], progress=lambda **o: RecordingBar(made, **o)
+    )
+    assert [(b.options["total"], b.options["initial"]) for b in made] == [(4, 0), (4, 2)]
+    assert [b.updates for b in made] == [[2, 2], [2]] and all(b.closed for b in made)
+    assert [r["sample_index"] for r in resumed["rows"]] == [2, 3]
+    untimed = [{k: v for k, v in r.items() if k != "seconds"} for r in resumed["rows"]]
+    assert untimed == [{k: v for k, v in r.items() if k != "seconds"} for r in first["rows"][2:]]
+
+
+def test_ray_progress_per_job_reaches_the_driver(ray_cluster, tmp_path, monkeypatch):
+    """Each Ray task draws its own tqdm_ray bar, forwarded to the driver through Ray's logs;
+    the driver keeps the sweep's bar; the rows are the local executor's."""
+    if not BUNDLED["mnist-cnn"].is_file():
+        pytest.skip("bundled mnist-cnn checkpoint not present")
+    from ray.experimental import tqdm_ray
+
+    states: list[dict] = []
+    monkeypatch.setattr(
+        tqdm_ray._BarManager, "process_state_update", lambda self, state: states.append(state)
+    )
+    config = _two_job_config(tmp_path)
+    local = run_sweep(config, executor="local", db=tmp_path / "l.sqlite", progress=False)
+    messages: list[str] = []
+    result = run_sweep(config, executor="ray", db=tmp_path / "r.sqlite", echo=messages.append)
+    assert [o.status for o in result.outcomes] == ["complete"] * 2
+    assert stored_results(tmp_path / "r.sqlite") == stored_results(tmp_path / "l.sqlite")
+
+    def closed_job_bars() -> dict:
+        return {s["uuid"]: s for s in states if s["unit"] == "sample" and s["closed"]}
+
+    deadline = time.monotonic() + 30  # the log monitor forwards worker lines asynchronously
+    while len(closed_job_bars()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    bars = closed_job_bars()
+    assert sorted(b["desc"] for b in bars.values()) == sorted(o.job.label() for o in local.outcomes)
+    assert all(b["x"] == b["total"] == 4 and b["pid"] != os.getpid() for b in bars.values())
+    sweep = [s for s in states if s["unit"] == "job"]
+    assert sweep[-1]["closed"] and sweep[-1]["x"] == sweep[-1]["total"] == 2
+    assert {s["pid"] for s in sweep} == {os.getpid()}
+    node = ray_cluster.get_runtime_context().get_node_id()
+    assert [o.node_id for o in result.outcomes] == [node, node]
+    assert all(node[:8] in m for m in messages if m.startswith("done"))
+
+
+def test_ray_job_progress_makes_a_tqdm_ray_bar_that_starts_at_the_resumed_samples(
+    ray_cluster, tmp_path, monkeypatch
+):
+    from ray.experimental import tqdm_ray
+
+    from advx.evaluation.bench import ray_job_progress
+
+    states: list[dict] = []
+    monkeypatch.setattr(
+        tqdm_ray._BarManager, "process_state_update", lambda self, state: states.append(state)
+    )
+    job = load_config(_one_job_config(tmp_path)).jobs[0]
+    bar = ray_job_progress(job)(total=4, initial=3, unit="sample", desc="fgm")
+    assert isinstance(bar, tqdm_ray.tqdm) and (bar.n, bar.total) == (3, 4)
+    bar.update(1)
+    bar.close()
+    assert states[0]["x"] == 3 and states[0]["desc"] == job.label()  # shown at once, resumed
+    assert states[-1]["x"] == 4 and states[-1]["closed"]
+
+
 def test_ray_retries_a_raising_task(ray_cluster, tmp_path, monkeypatch):
     from advx.evaluation import bench
 
     attempts = tmp_path / "attempts"
 
-    def flaky(job, seed_rows):
+    def flaky(job, seed_rows, progress=False):
         if not attempts.exists():
             attempts.write_text("x")
             raise RuntimeError("transient")
@@ -363,13 +456,20 @@ def test_ray_retries_a_dead_worker_once_then_reports(ray_cluster, tmp_path, monk
     from advx.evaluation import bench
 
     attempts = tmp_path / "attempts"
+    execute = bench._ray_execute
 
-    def dying(job, seed_rows):  # defined here: Ray ships it by value to the worker
+    def dying(job, seed_rows, progress=False):  # defined here: Ray ships it by value
+        if job.hyperparameters["eps"] == 0.2:
+            return execute(job, seed_rows, progress)
         with open(attempts, "a") as handle:
             handle.write("x")
         os._exit(1)
 
     monkeypatch.setattr(bench, "_ray_execute", dying)
-    result = run_sweep(_one_job_config(tmp_path), executor="ray", db=tmp_path / "d.sqlite")
-    assert [o.status for o in result.outcomes] == ["failed"]
+    db = tmp_path / "d.sqlite"
+    result = run_sweep(_two_job_config(tmp_path), executor="ray", db=db)
+    assert [o.status for o in result.outcomes] == ["failed", "complete"]  # the sweep went on
+    assert "WorkerCrashedError" in result.failed[0].error
     assert attempts.read_text() == "xx"  # the first try and one retry
+    with ResultsStore(db) as store:
+        assert [r["status"] for r in store.runs()] == ["complete"]  # the other job's rows kept

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import NoAutograd
 from linear_harness import make_problem
 from torch import nn
 
@@ -18,22 +19,9 @@ from advx.blackbox import (
 )
 
 
-class NoGradModel(nn.Module):
-    """Raises if called with autograd enabled: black-box code may only query it."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        if torch.is_grad_enabled():
-            raise AssertionError("black-box access called the model with autograd enabled")
-        return self.model(x)
-
-
 def test_query_model_counts_per_sample_and_calls_under_no_grad():
     model, x, _ = make_problem(n=4)
-    query = QueryModel(NoGradModel(model), batch_size=3)
+    query = QueryModel(NoAutograd(model), batch_size=3)
     out = query(x)
     assert torch.allclose(out, model(x))
     assert not out.requires_grad
@@ -125,7 +113,7 @@ def test_jacobian_augmentation_matches_its_formula():
 
 def test_train_substitute_doubles_the_set_and_counts_every_oracle_query():
     oracle, x, _ = make_problem(n=10, d=16, k=3, seed=3)
-    query = QueryModel(NoGradModel(oracle))
+    query = QueryModel(NoAutograd(oracle))
     result = train_substitute(
         query,
         x,

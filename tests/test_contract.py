@@ -13,6 +13,7 @@ import re
 
 import pytest
 import torch
+from helpers import NoAutograd
 from torch import nn
 
 from advx.attacks import ATTACKS
@@ -25,20 +26,6 @@ SHAPES = {"flat": (16,), "mnist": (1, 28, 28), "cifar": (3, 32, 32)}
 BATCH_SIZES = (1, 3, 8)
 EPS = {1.0: 4.0, 2.0: 1.0, 3.0: 0.6, INF: 0.1}
 BUDGET_SLACK = 1e-5
-
-
-class NoAutograd(nn.Module):
-    """Wraps a model and raises when it is called with autograd enabled: black-box attacks must
-    query under ``torch.no_grad()``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        if torch.is_grad_enabled():
-            raise AssertionError("a black-box attack called the model with autograd enabled")
-        return self.model(x)
 
 
 def make_model(shape: tuple[int, ...], seed: int = 0, dtype=torch.float32) -> nn.Module:

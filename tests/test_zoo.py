@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import NoAutograd
 from linear_harness import assert_within_factor_of_optimum, make_problem, minimal_distance
-from test_blackbox import NoGradModel
 from torch import nn
 
 from advx.attacks import ATTACKS, zoo
@@ -49,7 +49,7 @@ def _images(n: int, channels: int = 1, seed: int = 0) -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(n for n, i in ATTACKS.items() if i.access == BLACK_BOX))
 def test_black_box_attacks_never_call_the_model_with_autograd(name):
     info = ATTACKS[name]
-    model = NoGradModel(_conv_net()).train()
+    model = NoAutograd(_conv_net()).train()
     x = _images(3)
     with torch.no_grad():
         y = model.model.eval()(x).argmax(1)
@@ -136,7 +136,7 @@ def test_query_budget_is_respected_exactly_and_returns_best_so_far():
     model, x, y = make_problem(n=3, d=16, k=3, seed=2)
     per_iteration = 2 * 4 + 1
     budget = 1 + 7 * per_iteration + 5  # the clean query, 7 iterations, 5 left unused
-    query = QueryModel(NoGradModel(model), budget=budget)
+    query = QueryModel(NoAutograd(model), budget=budget)
     adv = zoo(
         query,
         x,

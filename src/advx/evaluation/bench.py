@@ -40,6 +40,7 @@ import itertools
 import json
 import math
 import os
+import socket
 import sys
 import time
 import traceback
@@ -47,6 +48,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -550,7 +552,7 @@ def execute_job(
     store: ResultsStore | None = None,
     *,
     seed_rows: Sequence[Mapping] = (),
-    progress: bool = False,
+    progress: bool | Callable[..., Any] = False,
 ) -> dict:
     """Run one job: load its model and data, pick the first n correctly classified images and
     call :func:`advx.evaluation.run_attack` (all-target jobs attack every (image, other class)
@@ -563,7 +565,9 @@ def execute_job(
         job: the job.
         store: the results store to write, or None (return the rows instead).
         seed_rows: rows already stored for this job (resume on a worker).
-        progress: show run_attack's progress bar.
+        progress: show run_attack's progress bar over the samples (true/false), or a factory of
+            bars (see :func:`advx.evaluation.runner.progress_bar`; Ray workers pass
+            :func:`ray_job_progress`).
 
     Returns:
         ``{"config", "summary", "rows", "images", "seconds"}`` (rows/images: the new ones, only
@@ -631,6 +635,14 @@ class JobOutcome:
     summary: dict | None = None
     error: str | None = None
     seconds: float = 0.0
+    host: str | None = None  # where the job ran (this run; not stored)
+    node_id: str | None = None  # the Ray node that ran it (Ray executor)
+
+    @property
+    def placement(self) -> str:
+        """``host`` and the first 8 hex digits of the Ray node id, or ``"-"`` when unknown."""
+        where = " ".join(x for x in (self.host, (self.node_id or "")[:8]) if x)
+        return where or "-"
 
 
 @dataclass
@@ -686,11 +698,19 @@ class _Driver:
 
     def complete(self, i: int, run_id: int, output: dict) -> None:
         """Record a finished job."""
-        self.outcomes[i] = JobOutcome(
-            self.jobs[i], "complete", run_id, output["summary"], seconds=output["seconds"]
+        outcome = JobOutcome(
+            self.jobs[i],
+            "complete",
+            run_id,
+            output["summary"],
+            seconds=output["seconds"],
+            host=output.get("host"),
+            node_id=output.get("node_id"),
         )
+        self.outcomes[i] = outcome
         if self.verbose:
-            self.echo(f"done {self.jobs[i].label()} ({output['seconds']:.1f} s)")
+            where = f", {outcome.placement}" if outcome.node_id else ""
+            self.echo(f"done {self.jobs[i].label()} ({output['seconds']:.1f} s{where})")
 
     def fail(self, i: int, error: str) -> None:
         """Record a failed job (its stored rows, if any, are kept)."""
@@ -709,13 +729,37 @@ def _run_local(driver: _Driver, pending: list[int], bar, progress: bool) -> None
             driver.fail(i, f"{type(error).__name__}: {error}\n{traceback.format_exc(limit=3)}")
         else:
             driver.store.finish_run(output["run_id"], output["summary"])
-            driver.complete(i, output["run_id"], output)
+            driver.complete(i, output["run_id"], {**output, "host": socket.gethostname()})
         bar.update(1)
 
 
-def _ray_execute(job: Job, seed_rows: list[dict]) -> dict:
-    """The body of a Ray task."""
-    return execute_job(job, None, seed_rows=seed_rows, progress=False)
+def ray_job_progress(job: Job) -> Callable[..., Any]:
+    """A factory of per-job progress bars for a Ray worker: ``ray.experimental.tqdm_ray.tqdm``,
+    whose state the worker prints as log lines that the driver (``ray.init(log_to_driver=True)``)
+    draws as one bar per job, below the sweep's bar.
+
+    Args:
+        job: the job (its label is the bar's description).
+    """
+    from ray.experimental import tqdm_ray
+
+    def make(*, total: int, initial: int, unit: str, desc: str):
+        bar = tqdm_ray.tqdm(total=total, unit=unit, desc=job.label()[:48])
+        bar.update(initial)  # tqdm_ray has no initial=; this also shows the bar at once
+        return bar
+
+    return make
+
+
+def _ray_execute(job: Job, seed_rows: list[dict], progress: bool = False) -> dict:
+    """The body of a Ray task: the job's output, with the host and the Ray node it ran on."""
+    import ray
+
+    bars = ray_job_progress(job) if progress else False
+    output = execute_job(job, None, seed_rows=seed_rows, progress=bars)
+    output["host"] = socket.gethostname()
+    output["node_id"] = ray.get_runtime_context().get_node_id()
+    return output
 
 
 def _connect_ray(address: str | None):
@@ -725,16 +769,61 @@ def _connect_ray(address: str | None):
         raise ValueError("executor='ray' needs Ray: pip install 'advx[ray]'") from None
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
-        ray.init(address=address, log_to_driver=True, include_dashboard=False)
+        try:
+            ray.init(address=address, log_to_driver=True, include_dashboard=False)
+        except ConnectionError as error:
+            raise ConnectionError(f"{error}{_authentication_hint(error)}") from error
     return ray
 
 
+def _authentication_hint(error: BaseException) -> str:
+    """A hint when connecting failed on Ray's token authentication (on by default for a cluster
+    started where ``~/.ray/auth_token`` exists; a driver given an address never turns it on)."""
+    causes, cause = [], error
+    while cause is not None:
+        causes.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    if "AuthToken" not in " ".join(causes) and "Authentication" not in " ".join(causes):
+        return ""
+    return (
+        ": the cluster uses Ray's token authentication; run with RAY_AUTH_MODE=token and the "
+        "cluster's token (~/.ray/auth_token or RAY_AUTH_TOKEN), or start the cluster with "
+        "RAY_AUTH_MODE=disabled on a trusted network"
+    )
+
+
+def _ray_sweep_bar(total: int, initial: int, progress: bool):
+    """The sweep's bar under Ray: a ``tqdm_ray`` bar made on the driver, so that Ray's bar
+    manager places it with the workers' per-job bars (a plain tqdm bar would overlap them)."""
+    if not progress:
+        return tqdm(total=total, initial=initial, disable=True)
+    from ray.experimental import tqdm_ray
+
+    bar = tqdm_ray.tqdm(total=total, unit="job", desc="sweep")
+    bar.update(initial)
+    return bar
+
+
 def _run_ray(
-    driver: _Driver, pending: list[int], bar, address: str | None, max_parallel: int | None
+    driver: _Driver,
+    pending: list[int],
+    skipped: int,
+    address: str | None,
+    max_parallel: int | None,
+    progress: bool,
 ) -> None:
     """Submit each job as a Ray task (retried once on an exception or a dead worker); the
-    driver writes each returned result into the store as it arrives."""
+    driver writes each returned result into the store as it arrives. With ``progress`` the
+    driver shows the sweep's bar and each running task its per-job bar (``tqdm_ray``)."""
     ray = _connect_ray(address)
+    bar = _ray_sweep_bar(len(driver.jobs), skipped, progress)
+    try:
+        _submit_and_collect(ray, driver, pending, bar, max_parallel, progress)
+    finally:
+        bar.close()
+
+
+def _submit_and_collect(ray, driver: _Driver, pending, bar, max_parallel, progress) -> None:
     remote = ray.remote(_ray_execute)
     queue = list(pending)
     running: dict = {}
@@ -746,7 +835,7 @@ def _run_ray(
             task = remote.options(
                 num_cpus=job.cpus, num_gpus=job.gpus, max_retries=1, retry_exceptions=True
             )
-            running[task.remote(job, driver.seed_rows(job))] = i
+            running[task.remote(job, driver.seed_rows(job), progress)] = i
         ready, _ = ray.wait(list(running), num_returns=1)
         for ref in ready:
             i = running.pop(ref)
@@ -756,7 +845,6 @@ def _run_ray(
                 driver.fail(i, f"{type(error).__name__}: {error}")
             else:
                 driver.record(i, output)
-            bar.set_postfix_str(driver.jobs[i].label()[:60])
             bar.update(1)
 
 
@@ -785,7 +873,8 @@ def run_sweep(
         db: results database (default: ``$ADVX_RESULTS`` or ``./advx-results.sqlite``).
         address: Ray cluster address (default: ``$RAY_ADDRESS``, else a new local cluster).
         max_parallel: most jobs in flight at once (Ray; the local executor runs one at a time).
-        progress: show the progress bars (overall, and per job for the local executor).
+        progress: show the progress bars: the sweep's and each running job's (Ray: the
+            workers' bars reach the driver through Ray's log forwarding, ``tqdm_ray``).
         echo: where per-job messages go (default: ``tqdm.write``).
 
     Returns:
@@ -806,18 +895,22 @@ def run_sweep(
         skipped = len(config.jobs) - len(pending)
         if skipped:
             echo(f"{skipped} of {len(config.jobs)} jobs already complete in {store.path}")
-        bar = tqdm(
-            total=len(config.jobs), initial=skipped, unit="job", desc="sweep", disable=not progress
-        )
-        try:
-            if executor == "local":
-                if max_parallel not in (None, 1):
-                    echo("--max-parallel applies to the Ray executor; local runs one job at a time")
+        if executor == "local":
+            if max_parallel not in (None, 1):
+                echo("--max-parallel applies to the Ray executor; local runs one job at a time")
+            bar = tqdm(
+                total=len(config.jobs),
+                initial=skipped,
+                unit="job",
+                desc="sweep",
+                disable=not progress,
+            )
+            try:
                 _run_local(driver, pending, bar, progress)
-            else:
-                _run_ray(driver, pending, bar, address, max_parallel)
-        finally:
-            bar.close()
+            finally:
+                bar.close()
+        else:
+            _run_ray(driver, pending, skipped, address, max_parallel, progress)
         return SweepResult([o for o in driver.outcomes if o is not None], str(store.path))
 
 
@@ -853,9 +946,14 @@ def _summary_cells(summary: Mapping | None) -> list[str]:
 
 def summary_table(result: SweepResult) -> str:
     """Fixed-width table of a sweep: one line per job (for all-target jobs the success and norm
-    columns read best / average / worst, the norm then being the mean over successes)."""
+    columns read best / average / worst, the norm then being the mean over successes; a Ray
+    sweep adds where each job ran: host and Ray node id)."""
     header = ["job", "status", "n", "success", "median norm", "robust acc @eps", "s/sample"]
     lines = [[o.job.label(), o.status, *_summary_cells(o.summary)] for o in result.outcomes]
+    if any(o.node_id for o in result.outcomes):
+        header.append("ran on")
+        for line, outcome in zip(lines, result.outcomes):
+            line.append(outcome.placement)
     widths = [max(len(r[c]) for r in [header, *lines]) for c in range(len(header))]
     text = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in [header, *lines]]
     return "\n".join(text)
@@ -900,6 +998,7 @@ __all__ = [
     "failure_report",
     "load_config",
     "parse_config",
+    "ray_job_progress",
     "run_sweep",
     "runs_json",
     "summary_table",

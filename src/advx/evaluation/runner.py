@@ -9,6 +9,7 @@ import inspect
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -363,6 +364,25 @@ def _run_batches(job: _Job, keep_images: int, bar) -> tuple[list[dict], Tensor, 
 # ---------------------------------------------------------------------------------- run
 
 
+def progress_bar(
+    progress: bool | Callable[..., Any], *, total: int, initial: int, unit: str, desc: str
+):
+    """The progress bar of a run: ``tqdm`` (hidden when ``progress`` is false), or the bar that
+    ``progress(total=, initial=, unit=, desc=)`` makes when ``progress`` is a callable (any object
+    with ``update(n)`` and ``close()``).
+
+    Args:
+        progress: true/false (a tqdm bar, shown or not), or a factory of progress bars.
+        total: the number of samples.
+        initial: the samples already done (resumed from the store).
+        unit: the unit of ``total``.
+        desc: the bar's description.
+    """
+    if callable(progress):
+        return progress(total=total, initial=initial, unit=unit, desc=desc)
+    return tqdm(total=total, initial=initial, unit=unit, desc=desc, disable=not progress)
+
+
 def target_cases(samples: Mapping[str, np.ndarray], targets_per_sample: int, by: str) -> dict:
     """Best / average / worst case over the targets of a ``targets='all'`` run (L1, L2, Linf and
     the elastic-net distance of the chosen target; the target chosen by the norm ``by``), over
@@ -394,7 +414,7 @@ def run_attack(
     epsilons: Iterable[float] | None = None,
     seed: int = 0,
     keep_images: int = 8,
-    progress: bool = True,
+    progress: bool | Callable[..., Any] = True,
     detector: nn.Module | None = None,
     config_extra: Mapping | None = None,
 ) -> RunResult:
@@ -418,6 +438,8 @@ def run_attack(
     ``advx.defenses.FeatureSqueezing``); an example then succeeds only if it is adversarial and
     not detected (thesis Sec. 4.3.7.3), and the detector is part of the run key.
     ``config_extra``: more entries of the run configuration (e.g. a transfer run's sources).
+    ``progress``: show a tqdm bar over the samples, or a callable that makes the bar (see
+    :func:`progress_bar`; e.g. a Ray worker's ``ray.experimental.tqdm_ray.tqdm``).
     """
     hyperparameters = dict(hyperparameters or {})
     info = resolve_attack(attack, hyperparameters)
@@ -447,8 +469,8 @@ def run_attack(
     )
     run_id, done = store.open_run(config) if store is not None else (None, set())
     job = _Job(plan, model, images, labels, targets, batch_size, device, store, run_id, done)
-    bar = tqdm(
-        total=len(images), initial=len(done), unit="sample", desc=info.name, disable=not progress
+    bar = progress_bar(
+        progress, total=len(images), initial=len(done), unit="sample", desc=info.name
     )
     try:
         rows, adversarials, computed = _run_batches(job, keep_images, bar)
