@@ -311,3 +311,17 @@ def sweep_rows(
                 }
             )
     return rows
+
+
+def require_zoo_models(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Stop with a usage error when ``--models`` names a model outside the zoo
+    (``file.py:factory``): the grid rows of ``sweep_rows`` run as ``advx bench`` jobs, which
+    load zoo models by name.
+
+    Args:
+        p: the script's parser (for the error).
+        args: its parsed options.
+    """
+    outside = [name for name in args.models if is_user_model(name)]
+    if outside:
+        p.error(f"--models {' '.join(outside)}: this script takes zoo models only")

@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--curve-steps", type=int, default=200)
     parser.add_argument("--curve-n", type=int, default=200)
     args = parser.parse_args(argv)
+    harness.require_zoo_models(parser, args)
     done, out = harness.setup(args, key=_key), Path(args.out)
     by_dataset: dict[str, list[str]] = {}
     for name in args.models:

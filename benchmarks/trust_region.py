@@ -629,7 +629,9 @@ def _arguments(argv):
         "--t5-solvers", nargs="+", default=["lanczos"], choices=["lanczos", "steihaug"]
     )
     parser.add_argument("--train", action="store_true", help="train missing models")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    harness.require_zoo_models(parser, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
