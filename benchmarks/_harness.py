@@ -1,5 +1,6 @@
 """What every benchmark script shares: the common command-line options, the choice of images
-(the first n correctly classified of the first 1,000 test images, as the papers evaluate), and
+(the first n correctly classified test images, as the papers evaluate and as ``advx bench``
+selects them, so a script's own rows and its sweep rows attack the same images), and
 one measured row per attack run through the evaluation runner (``run_attack``: counting model,
 fresh re-check of every example, per-batch timing), kept in the scripts' one results format
 (``_results.Results``: append-only jsonl keyed by the row's own fields, so a rerun resumes).
@@ -86,13 +87,11 @@ def load_model(
 def evaluation_images(
     model_name: str, n: int, data_dir: str | None = None, *, weights=None, dataset="mnist"
 ):
-    """The model (:func:`load_model`) and its first ``n`` correctly classified images among the
-    first 1,000 test images, with their labels."""
+    """The model (:func:`load_model`) and its first ``n`` correctly classified test images, with
+    their labels: the images an ``advx bench`` sweep with ``data.n = n`` attacks."""
     model, dataset = load_model(model_name, data_dir, weights=weights, dataset=dataset)
     images, labels = load_dataset(dataset, "test", data_dir)
-    x, y, _ = first_correct(
-        model, images[:EVALUATED_TEST_IMAGES], labels[:EVALUATED_TEST_IMAGES], n
-    )
+    x, y, _ = first_correct(model, images, labels, n)
     return model, x, y
 
 

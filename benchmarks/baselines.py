@@ -1,7 +1,7 @@
 """Classic minimal-norm baselines (issue 3): DeepFool L2 and Linf (Moosavi-Dezfooli et al. 2016),
 Carlini-Wagner L2 (2017) and box-constrained L-BFGS (Szegedy et al. 2014) on the zoo models.
 
-For each model, the first N correctly classified test images (out of the first 1,000) and each
+For each model, the first N correctly classified test images and each
 attack: success rate, median and mean norm of the successful examples (Linf for DeepFool-Linf,
 L2 otherwise), seconds per image and gradients (backward passes) per image, as measured by the
 evaluation runner (``advx.evaluation.runner.run_attack``: counting model, fresh re-check of every

@@ -15,8 +15,8 @@ finished jobs, resumes a half-finished one). The curves are read from the stored
   where its stored example is misclassified and its stored Linf norm is <= eps (the paper's
   protocol for minimal-norm methods).
 
-Computed here, on the same images (the first ``--n`` correctly classified of the first 1,000
-test images, as chosen by ``benchmarks/_harness.py``; the sweep gets ``data.n`` = that count):
+Computed here, on the same images (the first ``--n`` correctly classified test images, as
+``benchmarks/_harness.py`` and ``advx bench`` choose them):
 
 * Table I: test error (whole test split: as recorded with the checkpoint when it was trained,
   else measured here), rho1 (mean ||delta||_inf / ||x||_inf of the stored DeepFool-Linf run
@@ -36,9 +36,8 @@ test images, as chosen by ``benchmarks/_harness.py``; the sweep gets ``data.n`` 
     python benchmarks/convex.py --models mnist-fcnn mnist-lenet5 cifar-cnn --n 1000 \
         --out results/convex
 
-With ``--n 1000`` the images are the correctly classified among the first 1,000 (fewer than
-1,000), so the sweep's runs are keyed by that count; ``advx bench`` on a config alone (n = 1000
-correctly classified of the whole split) measures a slightly larger set. Sweep jobs use the
+The sweep's runs are the same jobs as ``advx bench`` on the config alone with the same ``n``
+(stored once, found by either). Sweep jobs use the
 config's batch size and one thread each (its ``[execution]``); the rest uses ``--batch-size``
 and ``--threads``. Table I and timing rows are appended to ``<out>/results.jsonl`` and a rerun
 skips those already there. One PNG per model: ``<out>/fig2_<model>.png``. The models must be
@@ -355,7 +354,7 @@ def run_model(name: str, args, results) -> dict:
     wanted = max(args.n, args.timing_images)
     model, x_eval, y_eval = harness.evaluation_images(name, wanted, args.data_dir)
     x, y = x_eval[: args.n], y_eval[: args.n]
-    print(f"\n{name}: the first {len(x)} correctly classified of the first 1000 test images")
+    print(f"\n{name}: the first {len(x)} correctly classified test images")
     db = Path(args.out) / "sweep.sqlite"
     sweep = harness.run_grid(
         _config_for(dataset, args.configs),

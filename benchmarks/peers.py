@@ -8,8 +8,8 @@ early). Prints median and mean L2 (L1 and the elastic-net distance for EAD) of t
 successful examples, success rate (re-checked
 here with a fresh forward pass, never taken from the library) and wall seconds per image.
 
-The images are the harness's (``benchmarks/_harness.py``: the first N correctly classified of
-the first 1,000 test images, the same for every library). The peers are never advx dependencies:
+The images are the harness's (``benchmarks/_harness.py``: the first N correctly classified
+test images, the same for every library). The peers are never advx dependencies:
 run this from a separate environment that has them, e.g.
 
     python3 -m venv /work/peers && /work/peers/bin/pip install torch==2.13.0 foolbox \
@@ -340,7 +340,7 @@ def run_model(name: str, args, results) -> None:
     run = _provenance()
     for family in args.attacks:
         make, n, budget = _families(args)[family]
-        n = min(n, x.shape[0])  # the correctly classified among the first 1000 test images
+        n = min(n, x.shape[0])  # fewer when the split holds fewer correct images
         impls, missing = make(args)
         if args.libraries is not None:
             impls = {k: v for k, v in impls.items() if k == "advx" or k in args.libraries}

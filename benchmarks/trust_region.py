@@ -2,7 +2,7 @@
 Keutzer & Mahoney, "Trust Region Based Adversarial Attack on Neural Networks", CVPR 2019
 (../shared/papers/trust-region-attack.txt), on our models.
 
-On the first ``--n`` correctly classified test images of each model (among the first 1000):
+On the first ``--n`` correctly classified test images of each model:
 
 * Table 1 (best class): average / worst relative perturbation rho_p = ||delta||_p / ||x||_p
   (eq. (4)) over the successful samples, success rate and seconds per image, for
