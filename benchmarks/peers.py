@@ -242,8 +242,15 @@ def _ead_implementations(args) -> tuple[dict[str, Attack], list[str]]:
     return impls, missing
 
 
+def _median_all(values: torch.Tensor, success: torch.Tensor) -> float:
+    """The median over every image with a failure counted as an infinite norm: the norm at
+    which half of the images are broken, comparable between libraries whose successes differ."""
+    return torch.where(success, values, torch.inf).double().quantile(0.5).item()
+
+
 def _distortions(adv: torch.Tensor, x: torch.Tensor, success: torch.Tensor, beta: float) -> dict:
-    """Median and mean L2, L1 and elastic-net distance over the successful examples."""
+    """Median and mean L2, L1 and elastic-net distance over the successful examples, the median
+    L2 over all images (failures infinite) and the per-image L2 (``inf`` where it failed)."""
     delta = adv - x
     columns = {
         "l2": lp_norm(delta, 2),
@@ -255,6 +262,8 @@ def _distortions(adv: torch.Tensor, x: torch.Tensor, success: torch.Tensor, beta
         kept = values[success].tolist()
         row[f"median_{name}"] = statistics.median(kept) if kept else float("nan")
         row[f"mean_{name}"] = statistics.fmean(kept) if kept else float("nan")
+    row["median_l2_all"] = _median_all(columns["l2"], success)
+    row["l2_per_image"] = torch.where(success, columns["l2"], torch.inf).tolist()
     return row
 
 
