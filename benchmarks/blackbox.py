@@ -28,10 +28,12 @@ harness's (``--model`` is kept as another spelling of ``--models``); rows are
 White-box C&W and ZOO run through the evaluation runner (``_harness.run``: ``run_attack`` with
 one image per call, so every image is its own resumable row; the runner counts the forward and
 backward passes, gives ZOO query access through a ``QueryModel`` and counts its queries per
-sample, and re-checks success with a fresh forward pass). Not through the runner: the
-substitute's rows (examples made on the substitute and judged on the oracle, a transfer; the
-substitute's training counts its own oracle queries), ART's ZooAttack (a peer library, whose
-queries go through ART's own classifier wrapper) and the throughput timing loop.
+sample, and re-checks success with a fresh forward pass), the substitute's FGSM and C&W through
+``advx.evaluation.transfer`` (made on the substitute, judged on the oracle, the runner's checks).
+Not through the runner: the substitute's training (``train_substitute`` counts its own oracle
+queries), ART's ZooAttack (a peer library: its queries go through ART's classifier, which the
+runner's counting model cannot see, so a wrapper counts them) and the throughput timing loop
+(it measures ZOO's query rate against the raw forward rate).
 
     python benchmarks/blackbox.py --parts throughput cw zoo-adam substitute zoo-newton
     /work/peers-venv/bin/python benchmarks/blackbox.py --parts art   # PYTHONPATH=src
@@ -50,9 +52,10 @@ from pathlib import Path
 import _harness as harness
 import torch
 
-from advx.attacks import carlini_wagner_l2, fgm, zoo
+from advx.attacks import zoo
 from advx.blackbox import QueryModel, train_substitute
 from advx.data import load_dataset
+from advx.evaluation import transfer
 from advx.models.registry import get_spec
 
 # Table 1 of the thesis: (success %, mean L2, minutes per attack) untargeted and targeted
@@ -101,20 +104,31 @@ def record(results, key, model, x, adv, label, targeted, seconds, queries, **ext
     print(key, row, flush=True)
 
 
-def record_run(results, key, model, x, label, targeted, true_label, attack, hyper):
-    """Attack one image (towards ``label`` when ``targeted``) through the runner and store its
-    row: success (re-checked by the runner), L2, Linf, seconds, queries (ZOO: the runner's
-    ``QueryModel`` count; C&W: forward passes) and gradients (backward passes)."""
-    result = harness.run(
-        model,
-        x[None],
-        true_label[None],
-        attack,
-        hyperparameters=hyper,
-        batch=1,
-        targeted=targeted,
-        targets=label[None] if targeted else None,
-    )
+def record_run(results, key, model, x, label, targeted, true_label, attack, hyper, **options):
+    """Attack one image (towards ``label`` when ``targeted``) through the runner, on ``model``
+    or, given ``options['source']``, on the source and judged on ``model``
+    (``advx.evaluation.transfer``), in ``options['norm']``, and store its row: success
+    (re-checked by the runner on ``model``), L2, Linf, seconds, queries (ZOO: the runner's
+    ``QueryModel`` count; otherwise ``model``'s forward passes, none for a transfer) and
+    gradients (``model``'s backward passes)."""
+    source = options.get("source")
+    run = {"hyperparameters": hyper, "targeted": targeted, "norm": options.get("norm")}
+    run["targets"] = label[None] if targeted else None
+    if source is None:
+        result = harness.run(model, x[None], true_label[None], attack, batch=1, **run)
+    else:
+        names = {"source_names": ["substitute"], "target_name": key.split("|", 1)[0]}
+        result = transfer(
+            source,
+            model,
+            attack,
+            x[None],
+            true_label[None],
+            batch_size=1,
+            progress=False,
+            **names,
+            **run,
+        )
     s = result.samples
     row = {
         "success": bool(s["success"][0]),
@@ -190,31 +204,21 @@ def run_substitute(args, results, model, cases, images, labels):
     substitute = spec.build()
     substitute.load_state_dict(torch.load(path))
     substitute.eval()
-    for case, x, label, targeted, _ in cases:
+    # made on the substitute, judged on the oracle (a transfer: no oracle queries); targeted
+    # FGSM steps down the target's loss (Papernot et al.'s transfer setting)
+    fgsm = ("fgm", float("inf"), {"eps": 0.4})
+    cw = ("cw-l2", 2.0, {"confidence": 20.0, "c_init": 0.01, "binary_search_steps": args.cw_search})
+    cw[2]["steps"] = args.sub_cw_steps
+    for case, x, label, targeted, true_label in cases:
         if targeted and not args.targeted:
             continue
-        fkey = f"{args.model}|substitute + FGSM|{case}"
-        if fkey not in results:
-            start = time.perf_counter()
-            # targeted FGSM steps down the target's loss (Papernot et al.'s transfer setting)
-            adv = fgm(
-                substitute, x[None], label[None], eps=0.4, norm=float("inf"), targeted=targeted
-            )[0]
-            record(results, fkey, model, x, adv, label, targeted, time.perf_counter() - start, 0)
-        ckey = f"{args.model}|substitute + C&W|{case}"
-        if ckey not in results:
-            start = time.perf_counter()
-            adv = carlini_wagner_l2(
-                substitute,
-                x[None],
-                label[None],
-                targeted=targeted,
-                confidence=20.0,
-                c_init=0.01,
-                binary_search_steps=args.cw_search,
-                steps=args.sub_cw_steps,
-            )[0]
-            record(results, ckey, model, x, adv, label, targeted, time.perf_counter() - start, 0)
+        for row, (attack, norm, hyper) in (("substitute + FGSM", fgsm), ("substitute + C&W", cw)):
+            key = f"{args.model}|{row}|{case}"
+            if key not in results:
+                case_of = (x, label, targeted, true_label)
+                record_run(
+                    results, key, model, *case_of, attack, hyper, source=substitute, norm=norm
+                )
 
 
 def run_throughput(args, results, model, x, y):

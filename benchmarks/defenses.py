@@ -23,6 +23,12 @@ docs/results/defenses.md generated from the stored rows.
     python benchmarks/defenses.py --parts madry --out results/madry --report \
         --doc docs/results/madry.md
 
+The options ``--n --batch-size --threads --data-dir --out`` are the benchmark harness's
+(``_harness``; ``--models`` must stay mnist-cnn). Images: the first n correctly classified test
+images (``_harness``'s selection), except ``transfer`` (correct on both models) and ``madry``
+(the first 1000 test images, correct or not). Every attack runs through ``run_attack`` (through
+``advx.evaluation.transfer`` for ``transfer``).
+
 Rows are appended to ``<out>/results.jsonl`` as they are measured; a rerun skips those already
 there. ``--report`` reads the stored rows only. The script never trains a model (train the
 distilled ones with ``advx train mnist-cnn --distill T``).
