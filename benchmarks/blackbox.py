@@ -23,8 +23,9 @@ Parts (``--parts``, each resumable: one jsonl row per attacked image as it finis
 Images: the first ``--n`` correctly classified test images (``_harness.correct_test_images``,
 as every benchmark selects them); targeted: the first ``--n-targeted`` of them, each towards all
 9 other classes. The options ``--models --n --threads --data-dir --out`` are the benchmark
-harness's (``--model`` is kept as another spelling of ``--models``); rows are
-``_results.Results`` in ``<out>/results.jsonl``, one per attacked image (or image-target pair).
+harness's (``--model`` is kept as another spelling of ``--models``; ``--batch-size`` is unused:
+one image per run); rows are ``_results.Results`` in ``<out>/results.jsonl`` (``--out`` may
+also name that file, as before), one per attacked image (or image-target pair).
 White-box C&W and ZOO run through the evaluation runner (``_harness.run``: ``run_attack`` with
 one image per call, so every image is its own resumable row; the runner counts the forward and
 backward passes, gives ZOO query access through a ``QueryModel`` and counts its queries per

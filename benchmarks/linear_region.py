@@ -344,7 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """Run ``table1``, ``solvers`` or ``report`` (``argv``: the arguments)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    harness.require_zoo_models(parser, args)  # first_test_images loads zoo models by name
     {"table1": table1, "solvers": solvers, "report": report}[args.command](args)
 
 
