@@ -66,12 +66,15 @@ def parser(doc: str, *, models: list[str], n: int, out: str, batch: int = 100, t
     return p
 
 
-def setup(args: argparse.Namespace, key: Callable[[dict], object]) -> Results:
-    """Set the thread count, create the results folder and open its results file."""
+def setup(args: argparse.Namespace, key: Callable[[dict], object] | None = None) -> Results:
+    """Set the thread count, create the results folder and open its results file
+    (``<out>/results.jsonl``; ``--out`` naming a ``.jsonl`` file is that file itself, the layout
+    of older runs). ``key``: as in ``Results`` (none: rows stored with ``add`` under their key)."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    return Results(out / "results.jsonl", key=key)
+    path = out if out.suffix == ".jsonl" else out / "results.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Results(path, key=key)
 
 
 def load_model(
@@ -90,9 +93,16 @@ def evaluation_images(
     """The model (:func:`load_model`) and its first ``n`` correctly classified test images, with
     their labels: the images an ``advx bench`` sweep with ``data.n = n`` attacks."""
     model, dataset = load_model(model_name, data_dir, weights=weights, dataset=dataset)
-    images, labels = load_dataset(dataset, "test", data_dir)
-    x, y, _ = first_correct(model, images, labels, n)
+    x, y, _ = correct_test_images(model, dataset, n, data_dir)
     return model, x, y
+
+
+def correct_test_images(model, dataset: str, n: int, data_dir: str | None = None):
+    """The first ``n`` test images of ``dataset`` that ``model`` (already loaded: e.g. one outside
+    the zoo's cache) classifies correctly, with their labels and their indices in the test split:
+    the selection of :func:`evaluation_images`."""
+    images, labels = load_dataset(dataset, "test", data_dir)
+    return first_correct(model, images, labels, n)
 
 
 def first_test_images(model_name: str, n: int, data_dir: str | None = None):
@@ -115,10 +125,12 @@ def recorded_test_accuracy(model_name: str) -> float | None:
     return None
 
 
-def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, **run) -> dict:
-    """Run ``attack`` (a registry name or a function) through ``run_attack`` (``run``: its other
-    keywords, e.g. ``epsilons``) and return the figures the tables quote (``run_figures``)."""
-    result = run_attack(
+def run(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, **keywords):
+    """Run ``attack`` (a registry name or a function) through ``run_attack`` without a progress
+    bar (``keywords``: its other keywords, e.g. ``targeted``, ``targets``, ``epsilons``) and return
+    its ``RunResult`` (summary, per-sample columns, examples), for scripts that read more than
+    ``measure``'s figures (per-image rows, ``target_cases``)."""
+    return run_attack(
         model,
         x,
         y,
@@ -127,7 +139,15 @@ def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, 
         hyperparameters=hyperparameters or {},
         batch_size=batch,
         progress=False,
-        **run,
+        **keywords,
+    )
+
+
+def measure(model, x, y, attack, *, norm=None, hyperparameters=None, batch=100, **keywords) -> dict:
+    """Run ``attack`` through ``run_attack`` (:func:`run`) and return the figures the tables
+    quote (``run_figures``)."""
+    result = run(
+        model, x, y, attack, norm=norm, hyperparameters=hyperparameters, batch=batch, **keywords
     )
     return run_figures(result.summary, result.samples)
 

@@ -16,6 +16,11 @@ Rows go to ``<out>/bench_overhead.jsonl`` as they are measured (a rerun resumes)
 ``docs/results/bench.md`` is written from them.
 
     python benchmarks/bench_overhead.py --out results/bench_overhead
+
+Not on the benchmark harness's parser and selection (``_harness``): the plain loop of part A is
+the baseline the executor is measured against, so it loads the model and the data and picks the
+first n correct images by hand, as ``run_sweep`` does internally; and the sizes are per part
+(``--a-n``, ``--b-n``) rather than one ``--n``. Its rows are the same ``_results.Results`` jsonl.
 """
 
 from __future__ import annotations

@@ -20,8 +20,21 @@ Parts (``--parts``, each resumable: one jsonl row per attacked image as it finis
   resize, no importance sampling), queries counted by a wrapper.
 * ``report``: writes ``--doc`` (Markdown) from the stored rows only.
 
-Images: the first ``--n`` correctly classified test images; targeted: the first
-``--n-targeted`` of them, each towards all 9 other classes.
+Images: the first ``--n`` correctly classified test images (``_harness.correct_test_images``,
+as every benchmark selects them); targeted: the first ``--n-targeted`` of them, each towards all
+9 other classes. The options ``--models --n --threads --data-dir --out`` are the benchmark
+harness's (``--model`` is kept as another spelling of ``--models``; ``--batch-size`` is unused:
+one image per run); rows are ``_results.Results`` in ``<out>/results.jsonl`` (``--out`` may
+also name that file, as before), one per attacked image (or image-target pair).
+White-box C&W and ZOO run through the evaluation runner (``_harness.run``: ``run_attack`` with
+one image per call, so every image is its own resumable row; the runner counts the forward and
+backward passes, gives ZOO query access through a ``QueryModel`` and counts its queries per
+sample, and re-checks success with a fresh forward pass), the substitute's FGSM and C&W through
+``advx.evaluation.transfer`` (made on the substitute, judged on the oracle, the runner's checks).
+Not through the runner: the substitute's training (``train_substitute`` counts its own oracle
+queries), ART's ZooAttack (a peer library: its queries go through ART's classifier, which the
+runner's counting model cannot see, so a wrapper counts them) and the throughput timing loop
+(it measures ZOO's query rate against the raw forward rate).
 
     python benchmarks/blackbox.py --parts throughput cw zoo-adam substitute zoo-newton
     /work/peers-venv/bin/python benchmarks/blackbox.py --parts art   # PYTHONPATH=src
@@ -33,22 +46,18 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import _harness as harness
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import Results  # noqa: E402
-
-from advx.attacks import carlini_wagner_l2, fgm, zoo  # noqa: E402
-from advx.blackbox import QueryModel, train_substitute  # noqa: E402
-from advx.data import load_cifar10, load_mnist  # noqa: E402
-from advx.evaluation.counting import CountingModel  # noqa: E402
-from advx.models import checkpoints  # noqa: E402
-from advx.models.registry import get_spec  # noqa: E402
+from advx.attacks import zoo
+from advx.blackbox import QueryModel, train_substitute
+from advx.data import load_dataset
+from advx.evaluation import transfer
+from advx.models.registry import get_spec
 
 # Table 1 of the thesis: (success %, mean L2, minutes per attack) untargeted and targeted
 THESIS = {
@@ -70,25 +79,14 @@ THESIS = {
 ROWS = ("white-box C&W", "substitute + FGSM", "substitute + C&W", "ZOO-Adam", "ZOO-Newton")
 
 
-def load_data(model_name: str):
-    dataset = get_spec(model_name).dataset
-    return load_mnist("test") if dataset == "mnist" else load_cifar10("test")
-
-
-def chosen_images(model, images, labels, n: int):
-    with torch.no_grad():
-        pred = torch.cat([model(images[i : i + 500]).argmax(1) for i in range(0, 1000, 500)])
-    index = (pred == labels[:1000]).nonzero().squeeze(1)[:n]
-    return images[index], labels[index], index.tolist()
-
-
 def attack_cases(x, y, index, n_targeted: int):
-    """(case key, image, label or target, targeted) for untargeted then targeted attacks."""
-    cases = [(f"u{index[i]}", x[i], y[i], False) for i in range(len(index))]
+    """(case key, image, label or target, targeted, true label) for untargeted then targeted
+    attacks (``index``: the images' indices in the test split, which name the cases)."""
+    cases = [(f"u{index[i]}", x[i], y[i], False, y[i]) for i in range(len(index))]
     for i in range(min(n_targeted, len(index))):
         for t in range(10):
             if t != int(y[i]):
-                cases.append((f"t{index[i]}-{t}", x[i], torch.tensor(t), True))
+                cases.append((f"t{index[i]}-{t}", x[i], torch.tensor(t), True, y[i]))
     return cases
 
 
@@ -107,35 +105,51 @@ def record(results, key, model, x, adv, label, targeted, seconds, queries, **ext
     print(key, row, flush=True)
 
 
+def record_run(results, key, model, x, label, targeted, true_label, attack, hyper, **options):
+    """Attack one image (towards ``label`` when ``targeted``) through the runner, on ``model``
+    or, given ``options['source']``, on the source and judged on ``model``
+    (``advx.evaluation.transfer``), in ``options['norm']``, and store its row: success
+    (re-checked by the runner on ``model``), L2, Linf, seconds, queries (ZOO: the runner's
+    ``QueryModel`` count; otherwise ``model``'s forward passes, none for a transfer) and
+    gradients (``model``'s backward passes)."""
+    source = options.get("source")
+    run = {"hyperparameters": hyper, "targeted": targeted, "norm": options.get("norm")}
+    run["targets"] = label[None] if targeted else None
+    if source is None:
+        result = harness.run(model, x[None], true_label[None], attack, batch=1, **run)
+    else:
+        names = {"source_names": ["substitute"], "target_name": key.split("|", 1)[0]}
+        result = transfer(
+            source,
+            model,
+            attack,
+            x[None],
+            true_label[None],
+            batch_size=1,
+            progress=False,
+            **names,
+            **run,
+        )
+    s = result.samples
+    row = {
+        "success": bool(s["success"][0]),
+        "l2": float(s["l2"][0]),
+        "linf": float(s["linf"][0]),
+        "seconds": float(s["seconds"][0]),
+        "queries": float(s["queries"][0]),
+        "gradients": float(s["backwards"][0]),
+    }
+    results.add(key, row)
+    print(key, row, flush=True)
+
+
 def run_cw(args, results, model, cases):
-    for case, x, label, targeted in cases:
+    hyper = {"c_init": 0.01, "binary_search_steps": args.cw_search, "steps": args.cw_steps}
+    for case, x, label, targeted, true_label in cases:
         key = f"{args.model}|white-box C&W|{case}"
         if key in results or (targeted and not args.targeted):
             continue
-        counter = CountingModel(model)
-        start = time.perf_counter()
-        adv = carlini_wagner_l2(
-            counter,
-            x[None],
-            label[None],
-            targeted=targeted,
-            c_init=0.01,
-            binary_search_steps=args.cw_search,
-            steps=args.cw_steps,
-        )[0]
-        seconds = time.perf_counter() - start
-        record(
-            results,
-            key,
-            model,
-            x,
-            adv,
-            label,
-            targeted,
-            seconds,
-            counter.forward_samples,
-            gradients=counter.backward_samples,
-        )
+        record_run(results, key, model, x, label, targeted, true_label, "cw-l2", hyper)
 
 
 def run_zoo(args, results, model, cases, solver: str):
@@ -143,42 +157,24 @@ def run_zoo(args, results, model, cases, solver: str):
     limit = args.zoo_n if solver == "adam" else args.newton_n
     untargeted = [c for c in cases if not c[3]][:limit]
     targeted = [c for c in cases if c[3]][: args.zoo_targeted] if args.targeted else []
-    for case, x, label, is_targeted in untargeted + targeted:
+    hyper = {
+        "solver": solver,
+        "steps": args.zoo_steps,
+        "binary_search_steps": args.zoo_search,
+        "c_init": args.zoo_c_init,
+        "lr": args.zoo_lr if solver == "adam" else args.newton_lr,
+    }
+    for case, x, label, is_targeted, true_label in untargeted + targeted:
         key = f"{args.model}|{row}|{case}"
         if key in results:
             continue
-        query = QueryModel(model)
-        start = time.perf_counter()
-        adv = zoo(
-            query,
-            x[None],
-            label[None],
-            targeted=is_targeted,
-            solver=solver,
-            steps=args.zoo_steps,
-            binary_search_steps=args.zoo_search,
-            c_init=args.zoo_c_init,
-            lr=args.zoo_lr if solver == "adam" else args.newton_lr,
-            generator=torch.Generator().manual_seed(0),
-        )[0]
-        seconds = time.perf_counter() - start
-        record(
-            results,
-            key,
-            model,
-            x,
-            adv,
-            label,
-            is_targeted,
-            seconds,
-            query.total_queries,
-            gradients=0,
-        )
+        seeded = hyper | {"generator": torch.Generator().manual_seed(0)}
+        record_run(results, key, model, x, label, is_targeted, true_label, "zoo", seeded)
 
 
 def run_substitute(args, results, model, cases, images, labels):
     key = f"{args.model}|substitute-training"
-    path = Path(args.out).parent / f"substitute-{args.model}.pt"
+    path = results.path.parent / f"substitute-{args.model}.pt"
     spec = get_spec(args.model)
     if key not in results or not path.is_file():
         holdout = images[9000 : 9000 + args.holdout]
@@ -209,31 +205,21 @@ def run_substitute(args, results, model, cases, images, labels):
     substitute = spec.build()
     substitute.load_state_dict(torch.load(path))
     substitute.eval()
-    for case, x, label, targeted in cases:
+    # made on the substitute, judged on the oracle (a transfer: no oracle queries); targeted
+    # FGSM steps down the target's loss (Papernot et al.'s transfer setting)
+    fgsm = ("fgm", float("inf"), {"eps": 0.4})
+    cw = ("cw-l2", 2.0, {"confidence": 20.0, "c_init": 0.01, "binary_search_steps": args.cw_search})
+    cw[2]["steps"] = args.sub_cw_steps
+    for case, x, label, targeted, true_label in cases:
         if targeted and not args.targeted:
             continue
-        fkey = f"{args.model}|substitute + FGSM|{case}"
-        if fkey not in results:
-            start = time.perf_counter()
-            # targeted FGSM steps down the target's loss (Papernot et al.'s transfer setting)
-            adv = fgm(
-                substitute, x[None], label[None], eps=0.4, norm=float("inf"), targeted=targeted
-            )[0]
-            record(results, fkey, model, x, adv, label, targeted, time.perf_counter() - start, 0)
-        ckey = f"{args.model}|substitute + C&W|{case}"
-        if ckey not in results:
-            start = time.perf_counter()
-            adv = carlini_wagner_l2(
-                substitute,
-                x[None],
-                label[None],
-                targeted=targeted,
-                confidence=20.0,
-                c_init=0.01,
-                binary_search_steps=args.cw_search,
-                steps=args.sub_cw_steps,
-            )[0]
-            record(results, ckey, model, x, adv, label, targeted, time.perf_counter() - start, 0)
+        for row, (attack, norm, hyper) in (("substitute + FGSM", fgsm), ("substitute + C&W", cw)):
+            key = f"{args.model}|{row}|{case}"
+            if key not in results:
+                case_of = (x, label, targeted, true_label)
+                record_run(
+                    results, key, model, *case_of, attack, hyper, source=substitute, norm=norm
+                )
 
 
 def run_throughput(args, results, model, x, y):
@@ -304,7 +290,7 @@ def run_art(args, results, model, cases):
         clip_values=(0.0, 1.0),
     )
     untargeted = [c for c in cases if not c[3]][: args.zoo_n]
-    for case, x, label, _ in untargeted:
+    for case, x, label, _, _ in untargeted:
         key = f"{args.model}|ART ZooAttack|{case}"
         if key in results:
             continue
@@ -459,7 +445,7 @@ def report(args, results):
     lines = [
         "# Black-box attacks: ZOO, substitute models and ART's ZooAttack",
         "",
-        f"Generated by `python benchmarks/blackbox.py --parts report` from `{args.out}` on "
+        f"Generated by `python benchmarks/blackbox.py --parts report` from `{results.path}` on "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC. Machine: shared 2-core CPU "
         f"(`OMP_NUM_THREADS=1`, several other jobs running), torch {torch.__version__}, "
         f"Python {platform.python_version()}. Thesis: P.-Y. Chen, ch. 3, Table 1.",
@@ -559,11 +545,14 @@ def report(args, results):
     print("\n".join(lines))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="mnist-cnn")
-    parser.add_argument("--parts", nargs="+", default=["report"])
-    parser.add_argument("--n", type=int, default=5)
+PARTS = ("throughput", "cw", "zoo-adam", "zoo-newton", "substitute", "art", "report")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The harness's common options and this script's own (``--model``: ``--models``)."""
+    parser = harness.parser(__doc__, models=["mnist-cnn"], n=5, out="results/blackbox")
+    parser.add_argument("--model", dest="models", type=lambda name: [name], help="= --models")
+    parser.add_argument("--parts", nargs="+", default=["report"], choices=PARTS)
     parser.add_argument("--n-targeted", type=int, default=1)
     parser.add_argument("--targeted", action="store_true", help="run the targeted cases too")
     parser.add_argument("--zoo-n", type=int, default=5)
@@ -582,19 +571,18 @@ def main() -> None:
     parser.add_argument("--tp-images", type=int, default=8)
     parser.add_argument("--tp-steps", type=int, default=3)
     parser.add_argument("--tp-repeats", type=int, default=5)
-    parser.add_argument("--out", default="results/blackbox/results.jsonl")
     parser.add_argument("--doc", default="docs/results/blackbox.md")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    results = Results(Path(args.out))
-    if args.parts == ["report"]:
-        report(args, results)
-        return
-    model = checkpoints.load(args.model, train_if_missing=False, progress=False).eval()
-    images, labels = load_data(args.model)
-    x, y, index = chosen_images(model, images, labels, args.n)
-    cases = attack_cases(x, y, index, args.n_targeted)
+    return parser
+
+
+def run_parts(args, results, model_name: str) -> None:
+    """Every part of ``--parts`` but the report, on one zoo model."""
+    args.model = model_name  # the row keys name the model
+    model, dataset = harness.load_model(model_name, args.data_dir)
+    model.eval()
+    images, labels = load_dataset(dataset, "test", args.data_dir)
+    x, y, index = harness.correct_test_images(model, dataset, args.n, args.data_dir)
+    cases = attack_cases(x, y, index.tolist(), args.n_targeted)
     for part in args.parts:
         if part == "throughput":
             run_throughput(args, results, model, x, y)
@@ -603,13 +591,24 @@ def main() -> None:
         elif part in ("zoo-adam", "zoo-newton"):
             run_zoo(args, results, model, cases, part.split("-")[1])
         elif part == "substitute":
+            # the substitute trains on the hold-out test images 9000.. (not the attacked ones)
             run_substitute(args, results, model, cases, images, labels)
         elif part == "art":
             run_art(args, results, model, cases)
-        elif part == "report":
-            report(args, results)
-        else:
-            raise ValueError(f"unknown part {part!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the ``--parts`` (``report`` last; ``argv``: the arguments)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    harness.require_zoo_models(parser, args)  # the substitute copies the oracle's architecture
+    # rows stored under explicit keys (Results.add); --out may also name the jsonl file itself
+    results = harness.setup(args)
+    if set(args.parts) - {"report"}:
+        for model_name in args.models:
+            run_parts(args, results, model_name)
+    if "report" in args.parts:
+        report(args, results)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,12 @@ docs/results/defenses.md generated from the stored rows.
     python benchmarks/defenses.py --parts madry --out results/madry --report \
         --doc docs/results/madry.md
 
+The options ``--n --batch-size --threads --data-dir --out`` are the benchmark harness's
+(``_harness``; ``--models`` must stay mnist-cnn). Images: the first n correctly classified test
+images (``_harness``'s selection), except ``transfer`` (correct on both models) and ``madry``
+(the first 1000 test images, correct or not). Every attack runs through ``run_attack`` (through
+``advx.evaluation.transfer`` for ``transfer``).
+
 Rows are appended to ``<out>/results.jsonl`` as they are measured; a rerun skips those already
 there. ``--report`` reads the stored rows only. The script never trains a model (train the
 distilled ones with ``advx train mnist-cnn --distill T``).
@@ -37,11 +43,12 @@ import platform
 import time
 from pathlib import Path
 
+import _harness as harness
 import torch
 from _results import Results
 
 from advx.attacks.minimal import as_minimal_attack
-from advx.data import first_correct, load_dataset
+from advx.data import load_dataset
 from advx.defenses import FeatureSqueezing, bit_depth, median_smoothing
 from advx.evaluation import run_attack, transfer
 from advx.models import load
@@ -102,8 +109,8 @@ def _norm_cells(summary_or_case: dict) -> dict:
 # --------------------------------------------------------------------------- squeezing
 
 
-def _detector(model) -> tuple[FeatureSqueezing, dict]:
-    x, _ = load_dataset("mnist", "test")
+def _detector(model, data_dir=None) -> tuple[FeatureSqueezing, dict]:
+    x, _ = load_dataset("mnist", "test", data_dir)
     detector = FeatureSqueezing(model, [bit_depth(1), median_smoothing(2)])
     detector.fit(x[2000:3000], fpr=0.05)
     held_out = detector.detect(x[3000:4000]).double().mean().item()
@@ -134,12 +141,10 @@ def _case_stats(result, detector) -> dict:
 
 
 def run_squeeze(args, results: Results) -> None:
-    model = load("mnist-cnn")
-    detector, stats = _detector(model)
+    model, x, y = harness.evaluation_images("mnist-cnn", args.n, args.data_dir)
+    detector, stats = _detector(model, args.data_dir)
     results.add("squeeze/detector", stats | {"part": "detector"})
     print(f"detector: {stats}", flush=True)
-    x_all, y_all = load_dataset("mnist", "test")
-    x, y, _ = first_correct(model, x_all[:1000], y_all[:1000], args.n)
     with torch.no_grad():
         least_likely = model(x).argmin(1)
     modes = {"untargeted": None, "next": "next", "ll": least_likely}
@@ -160,7 +165,7 @@ def run_squeeze(args, results: Results) -> None:
             targeted=targets is not None,
             targets=targets,
             hyperparameters=hyper,
-            batch_size=args.n,
+            batch_size=args.batch_size or args.n,
             progress=False,
             detector=detector,
         )
@@ -191,7 +196,7 @@ def _distilled(cache_dir) -> dict[float, torch.nn.Module]:
 
 
 def run_distill(args, results: Results) -> None:
-    x_all, y_all = load_dataset("mnist", "test")
+    x_all, y_all = load_dataset("mnist", "test", args.data_dir)
     models = {"mnist-cnn": load("mnist-cnn")}
     for temperature, model in sorted(_distilled(args.cache_dir).items(), reverse=True):
         models[f"mnist-cnn-distilled-t{temperature:g}"] = model
@@ -200,7 +205,8 @@ def run_distill(args, results: Results) -> None:
             predicted = model(x_all[:1000]).argmax(1)
         accuracy = (predicted == y_all[:1000]).double().mean().item()
         results.add(f"accuracy/{name}", {"part": "accuracy", "model": name, "acc": accuracy})
-        x, y, _ = first_correct(model, x_all[:1000], y_all[:1000], args.n)
+        # the harness's selection, on models loaded from --cache-dir
+        x, y, _ = harness.correct_test_images(model, "mnist", args.n, args.data_dir)
         for method in ("C&W", "EAD"):
             key = f"distill/{name}/{method}/{args.n}/{json.dumps(BUDGET)}" + _lr_tag(method)
             if key in results:
@@ -215,7 +221,7 @@ def run_distill(args, results: Results) -> None:
                 targeted=True,
                 targets="all",
                 hyperparameters=hyper,
-                batch_size=9 * args.n,
+                batch_size=args.batch_size or 9 * args.n,
                 progress=False,
             )
             row = _all_target_row(result) | {"part": "distill", "model": name, "method": method}
@@ -227,8 +233,9 @@ def run_transfer(args, results: Results) -> None:
     source = load("mnist-cnn")
     target_name = "mnist-cnn-distilled-t100"
     target = load(target_name, cache_dir=args.cache_dir, train_if_missing=False)
-    x_all, y_all = load_dataset("mnist", "test")
-    x, y, _ = first_correct(source, x_all[:1000], y_all[:1000], 4 * args.n)
+    # deliberately not the harness's selection alone: the first n images that both the source
+    # and the target classify correctly (a transfer success then means the target was fooled)
+    x, y, _ = harness.correct_test_images(source, "mnist", 4 * args.n, args.data_dir)
     with torch.no_grad():
         both = target(x).argmax(1) == y
     x, y = x[both][: args.n], y[both][: args.n]
@@ -256,7 +263,7 @@ def run_transfer(args, results: Results) -> None:
             targeted=True,
             targets="all",
             hyperparameters=hyper,
-            batch_size=9 * args.n,
+            batch_size=args.batch_size or 9 * args.n,
             progress=False,
         )
         row = _all_target_row(result) | {"part": "transfer", "method": method, "kappa": kappa}
@@ -291,7 +298,9 @@ def _pgd_accuracy(model, x, y, eps: float, step_size: float) -> dict:
 
 
 def run_madry(args, results: Results) -> None:
-    x_all, y_all = load_dataset("mnist", "test")
+    # the first 1000 test images, correct or not (as harness.first_test_images: robust accuracy
+    # counts clean errors), on the models found in --cache-dir
+    x_all, y_all = load_dataset("mnist", "test", args.data_dir)
     x, y = x_all[:MADRY_EVALUATED], y_all[:MADRY_EVALUATED]
     for name, eps in _madry_models(args.cache_dir).items():
         model = load(name, cache_dir=args.cache_dir, train_if_missing=False)
@@ -547,13 +556,14 @@ def write_report(args) -> None:
     print(f"wrote {doc}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The harness's common options (``--n``: images, all 9 targets each; ``--batch-size``:
+    default n for ``squeeze``, 9 n for the all-target parts) and this script's own."""
+    parser = harness.parser(__doc__, models=["mnist-cnn"], n=10, out="results/defenses")
+    parser.set_defaults(batch_size=None)
     parser.add_argument(
         "--parts", nargs="*", default=[], choices=("squeeze", "distill", "transfer", "madry")
     )
-    parser.add_argument("--n", type=int, default=10, help="images (all 9 targets each)")
-    parser.add_argument("--out", default="results/defenses")
     parser.add_argument("--cache-dir", default=None, help="where the distilled models are")
     parser.add_argument("--kappas", nargs="*", type=int, help="transfer kappas (in this order)")
     parser.add_argument("--no-ifgm", action="store_true", help="transfer: skip the I-FGM rows")
@@ -562,10 +572,19 @@ def main() -> None:
     parser.add_argument("--doc", default="docs/results/defenses.md")
     parser.add_argument("--notes", default=None, help="Markdown appended to the report")
     parser.add_argument("--inputs", nargs="*", help="result dirs the report reads (default --out)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    results = Results(Path(args.out) / "results.jsonl")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the ``--parts`` and/or write the ``--report`` (``argv``: the arguments)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.models != ["mnist-cnn"]:
+        parser.error(
+            "--models: the defenses are measured on mnist-cnn (and its distilled and "
+            "Madry variants, found by name in --cache-dir) only"
+        )
+    results = harness.setup(args)  # rows stored under explicit keys (Results.add)
     runners = {"squeeze": run_squeeze, "distill": run_distill, "transfer": run_transfer}
     runners["madry"] = run_madry
     if args.quick:  # smoke runs only

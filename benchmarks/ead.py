@@ -8,7 +8,9 @@ thesis's protocol (Sec. 4.3.2). Table 5: COV (tanh change of variables + L1, Ada
 (FISTA, EN rule) on mnist-cnn for several beta. Table 6: C&W L2, FGM-L1/L2/Linf and
 I-FGM-L1/L2/Linf with the minimal eps per pair on the Table 4 grids
 (``advx.attacks.minimal_eps``), EAD with the EN and the L1 rule (beta 1e-3), average case.
-C&W and EAD use 9 binary-search steps x 1000 iterations, c_0 = 1e-3, lr 0.01.
+C&W and EAD use 9 binary-search steps x 1000 iterations, c_0 = 1e-3, lr 0.01. The options,
+the images and the runs are the benchmark harness's (``_harness``: ``--models --n --batch-size
+--threads --data-dir --out``, ``evaluation_images``, ``run_attack``).
 
     python benchmarks/ead.py --tables 5 6 --models mnist-cnn --n 5 --out results/ead
     python benchmarks/ead.py --report --out results/ead --peers results/peers-ead \
@@ -28,13 +30,10 @@ import platform
 import time
 from pathlib import Path
 
+import _harness as harness
 import torch
-from _results import Results
 
 from advx.attacks.minimal import as_minimal_attack
-from advx.data import first_correct, load_dataset
-from advx.evaluation.runner import run_attack
-from advx.models import get_spec, load
 
 INF = float("inf")
 BUDGET = {"binary_search_steps": 9, "steps": 1000, "c_init": 1e-3, "lr": 0.01}
@@ -111,17 +110,18 @@ def _config_key(row: dict) -> str:
 
 
 def _measure(model, x, y, attack, norm: float, hyper: dict, batch: int) -> dict:
-    result = run_attack(
+    """Every target of every image through the runner (``harness.run``); the best, average and
+    worst case and the cost per pair."""
+    result = harness.run(
         model,
         x,
         y,
         attack,
         norm=norm,
+        hyperparameters=hyper,
+        batch=batch,
         targeted=True,
         targets="all",
-        hyperparameters=hyper,
-        batch_size=batch,
-        progress=False,
     )
     s = result.summary
     return {
@@ -133,15 +133,16 @@ def _measure(model, x, y, attack, norm: float, hyper: dict, batch: int) -> dict:
 
 
 def run_tables(args: argparse.Namespace) -> None:
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    done = Results(out / "results.jsonl", key=_key)
+    done = harness.setup(args, key=_key)
     same = {_config_key(r): r for r in done.values() if "function" in r}
     budget = BUDGET | {"binary_search_steps": args.search, "steps": args.steps}
     for model_name in args.models:
-        model = load(model_name, args.data_dir, train_if_missing=False).eval()
-        images, labels = load_dataset(get_spec(model_name).dataset, "test", args.data_dir)
-        x, y, _ = first_correct(model, images[:1000], labels[:1000], args.n)
+        # the first n correct of the whole test split (before: of its first 1000, the same
+        # images for every n the tables use)
+        model, x, y = harness.evaluation_images(
+            model_name, args.n, args.data_dir, weights=args.weights, dataset=args.dataset
+        )
+        model.eval()
         plan: dict[str, tuple] = {}
         if "5" in args.tables and model_name == "mnist-cnn":
             plan |= {k: v[:3] for k, v in table5_attacks(budget).items()}
@@ -409,24 +410,25 @@ def write_report(args: argparse.Namespace) -> None:
     print(f"wrote {doc}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    """The harness's common options (``--n``: correctly classified images, x 9 targets) and
+    this script's own."""
+    parser = harness.parser(__doc__, models=["mnist-cnn"], n=5, out="results/ead", batch=45)
     parser.add_argument("--tables", nargs="+", default=["5", "6"], choices=["5", "6"])
-    parser.add_argument("--models", nargs="+", default=["mnist-cnn"])
-    parser.add_argument("--n", type=int, default=5, help="correctly classified images (x 9)")
     parser.add_argument("--only", nargs="+", help="run only the rows whose label contains these")
-    parser.add_argument("--batch-size", type=int, default=45)
     parser.add_argument("--search", type=int, default=9, help="binary-search steps (C&W, EAD)")
     parser.add_argument("--steps", type=int, default=1000, help="iterations per search step")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--out", default="results/ead")
     parser.add_argument("--report", action="store_true", help="write the Markdown page only")
     parser.add_argument("--also", nargs="+", help="--report: further result folders to read")
     parser.add_argument("--peers", nargs="+", help="--report: peers.py output folders (EAD rows)")
     parser.add_argument("--notes", default="benchmarks/ead_notes.md", help="appended to the page")
     parser.add_argument("--doc", default="docs/results/ead.md")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure the tables' rows, or (``--report``) write the page (``argv``: the arguments)."""
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.report:
         write_report(args)

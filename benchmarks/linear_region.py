@@ -5,6 +5,15 @@ and written to docs/results/linear_region.md.
     python benchmarks/linear_region.py solvers            # region QP/LP solvers, side by side
     python benchmarks/linear_region.py table1 --n 50      # attacks and MIP per image
     python benchmarks/linear_region.py report             # docs/results/linear_region.md
+
+The options ``--models --n --batch-size --threads --data-dir --out`` are the benchmark harness's
+(``_harness``; ``--out`` is the jsonl file itself, ``results/linear_region.jsonl``). Images: the
+correctly classified among the first ``--n`` test images (``_harness.first_test_images``, then
+the correct ones), as the paper gives its MIP the first 50 test images, not the first n correct.
+The attacks (rLR-QP included) run through the evaluation runner (``_harness.run``: counting
+model, fresh re-check, per-batch timing), all images in one batch by default. Not through it:
+the MIP verifier (``advx.verify.minimal_perturbation``, timed per image: a bound, not an attack)
+and the region solvers (single QP/LP solves, timed per call).
 """
 
 from __future__ import annotations
@@ -15,26 +24,17 @@ import math
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
+import _harness as harness
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import Results  # noqa: E402
+from advx.attacks.linear_region import float64_layers, linear_regions
+from advx.attacks.linear_region.solvers import QP_SOLVERS, solve_l1, solve_l2, solve_linf
+from advx.verify import minimal_perturbation
 
-from advx.attacks import carlini_wagner_l2, ddn, deepfool, lbfgs, trust_region  # noqa: E402
-from advx.attacks.linear_region import float64_layers, linear_region, linear_regions  # noqa: E402
-from advx.attacks.linear_region.solvers import QP_SOLVERS, solve_l1, solve_l2, solve_linf  # noqa: E402
-from advx.data import load_mnist  # noqa: E402
-from advx.models.checkpoints import load  # noqa: E402
-from advx.verify import minimal_perturbation  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "results" / "linear_region.jsonl"
-DOC = ROOT / "docs" / "results" / "linear_region.md"
 INF = float("inf")
 PAPER_TABLE1 = {  # Croce & Hein 2018, Table 1: mean / max of ||delta|| / ||delta_MIP||
     "mnist-n1": {"rLR-QP": (1.0, 1.0), "DeepFool": (1.1226, 1.6059), "L-BFGS": (1.2749, 2.2936),
@@ -44,23 +44,25 @@ PAPER_TABLE1 = {  # Croce & Hein 2018, Table 1: mean / max of ||delta|| / ||delt
 }  # fmt: skip
 
 
-def _attacks(seed: int) -> dict:
-    del seed  # the attacks below are deterministic
+def _attacks() -> dict[str, tuple[str, dict]]:
+    """label -> (registry name, hyperparameters): the L2 attacks with their defaults (all
+    deterministic). rLR-QP's rows are written by _mip_rows (its points warm-start the MIP)."""
     return {
-        "DeepFool": lambda m, x, y: deepfool(m, x, y),
-        "L-BFGS": lambda m, x, y: lbfgs(m, x, y),
-        "C&W": lambda m, x, y: carlini_wagner_l2(m, x, y),
-        "DDN": lambda m, x, y: ddn(m, x, y, steps=1000),
-        "TR": lambda m, x, y: trust_region(m, x, y),
-    }  # rLR-QP's rows are written by _mip_rows (its points warm-start the MIP)
+        "DeepFool": ("deepfool", {}),
+        "L-BFGS": ("lbfgs", {}),
+        "C&W": ("cw-l2", {}),
+        "DDN": ("ddn", {"steps": 1000}),
+        "TR": ("trust-region", {}),
+    }
 
 
-def _images(n: int, model):
-    x, y = load_mnist("test")
-    x, y = x[:n], y[:n]
+def _images(name: str, n: int, data_dir=None):
+    """The model and the correctly classified among its first n test images (the paper's
+    protocol for the MIP: the first n test images, not the first n correct), with their indices."""
+    model, x, y = harness.first_test_images(name, n, data_dir)
     with torch.no_grad():
-        correct = model(x).argmax(1) == y
-    return x, y, correct
+        idx = (model(x).argmax(1) == y).nonzero().flatten()
+    return model, x[idx], y[idx], idx
 
 
 def _norms(adv, x, p):
@@ -69,30 +71,25 @@ def _norms(adv, x, p):
 
 def table1(args) -> None:
     """Per image: every attack's L2 norm and seconds, rLR-QP in Linf, and the MIP in L2/Linf."""
-    store = Results(RESULTS)
+    store = harness.setup(args)
     for name in args.models:
-        model = load(name)
-        x, y, correct = _images(args.n, model)
-        idx = correct.nonzero().flatten()
-        xs, ys = x[idx], y[idx]
-        for attack, fn in _attacks(args.seed).items():
+        model, xs, ys, idx = _images(name, args.n, args.data_dir)
+        for attack, (function, hyper) in _attacks().items():
             if 2.0 not in args.norms:
                 break  # the L2 attacks run with the L2 rows only
             key = f"t1|{name}|{attack}|{args.n}"
             if key in store:
                 continue
-            started = time.perf_counter()
-            adv = fn(model, xs, ys)
-            seconds = time.perf_counter() - started
-            with torch.no_grad():
-                ok = model(adv).argmax(1) != ys
-            norms = torch.where(
-                ok, _norms(adv, xs, 2), torch.full_like(ok, INF, dtype=torch.float64)
+            result = harness.run(
+                model, xs, ys, function, norm=2.0, hyperparameters=hyper, batch=args.batch_size
             )
+            s = result.samples
+            norms = np.where(s["success"].astype(bool), s["l2"], INF)
+            seconds = float(s["seconds"].mean())  # the batches' seconds over the images
             store.add(key, {"table": 1, "model": name, "attack": attack, "norm": 2,
                             "images": idx.tolist(), "norms": norms.tolist(),
-                            "seconds_per_image": seconds / len(idx)})  # fmt: skip
-            print(f"{name} {attack}: {seconds / len(idx):.3f} s/img", flush=True)
+                            "seconds_per_image": seconds})  # fmt: skip
+            print(f"{name} {attack}: {seconds:.3f} s/img", flush=True)
         for p in args.norms:
             _mip_rows(store, name, model, xs, ys, idx, p, args)
 
@@ -105,15 +102,17 @@ def _mip_rows(store, name, model, xs, ys, idx, p, args) -> None:
             if f"mip|{name}|L{tag}|{i}|{args.time_limit:g}" not in store]  # fmt: skip
     if key in store and not todo:
         return
-    gen = torch.Generator().manual_seed(args.seed)
-    started = time.perf_counter()
-    adv = linear_region(model, xs, ys, norm=p, generator=gen)
-    seconds = time.perf_counter() - started
-    if key not in store:
+    hyper = {"generator": torch.Generator().manual_seed(args.seed)}
+    result = harness.run(
+        model, xs, ys, "linear-region", norm=p, hyperparameters=hyper, batch=args.batch_size
+    )
+    adv = result.adversarials
+    seconds = float(result.samples["seconds"].mean())
+    if key not in store:  # every image's norm, unmasked (each is the MIP's start)
         store.add(key, {"table": 1, "model": name, "attack": f"rLR-QP-L{tag}", "norm": tag,
                         "images": idx.tolist(), "norms": _norms(adv, xs, p).tolist(),
-                        "seconds_per_image": seconds / len(idx)})  # fmt: skip
-        print(f"{name} rLR-QP L{tag}: {seconds / len(idx):.3f} s/img", flush=True)
+                        "seconds_per_image": seconds})  # fmt: skip
+        print(f"{name} rLR-QP L{tag}: {seconds:.3f} s/img", flush=True)
     start_norms = _norms(adv, xs, p)
     for k in todo:
         i = int(idx[k])
@@ -131,11 +130,11 @@ def _mip_rows(store, name, model, xs, ys, idx, p, args) -> None:
 
 def solvers(args) -> None:
     """Each QP solver and HiGHS on the same region problems (N1 and 1x1024), side by side."""
-    store = Results(RESULTS)
-    x, y = load_mnist("test")
+    store = harness.setup(args)
     for name in args.models:
-        layers = float64_layers(load(name))
-        region = linear_regions(layers, x[: args.n].double())
+        model, x, y = harness.first_test_images(name, args.n, args.data_dir)
+        layers = float64_layers(model)
+        region = linear_regions(layers, x.double())
         for k in range(args.n):
             key = f"solvers|{name}|{k}"
             if key in store:
@@ -172,13 +171,13 @@ def _ratio_stats(values):
 
 def report(args) -> None:
     """docs/results/linear_region.md from the stored rows."""
-    store = Results(RESULTS)
+    store = harness.setup(args)
     rows = list(store.values())
     lines = [
         "# Linear-region attack (rLR-QP) and exact minimal perturbations (MIP)",
         "",
         f"Generated by `python benchmarks/linear_region.py report` on {datetime.date.today()} "
-        f"from `results/linear_region.jsonl` (machine: 2 cores shared with other jobs, "
+        f"from `{store.path}` (machine: 2 cores shared with other jobs, "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
         "OMP_NUM_THREADS=1).",
         "",
@@ -207,8 +206,9 @@ def report(args) -> None:
         "- Ratios are taken over the images whose MIP finished with status optimal only; images "
         "with a time limit are counted above but excluded from the ratios.",
     ]
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text("\n".join(lines) + "\n")
+    doc = Path(args.doc)
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -324,18 +324,29 @@ def _median(values) -> str:
     return f"{statistics.median(values):.1f}" if values else "-"
 
 
-def main() -> None:
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    parser = argparse.ArgumentParser(description=__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    """The harness's common options (``--out``: the jsonl file) and this script's own."""
+    parser = harness.parser(
+        __doc__,
+        models=["mnist-n1", "mnist-n2"],
+        n=50,
+        out="results/linear_region.jsonl",
+        threads=int(os.environ.get("OMP_NUM_THREADS", "1")),
+    )
     parser.add_argument("command", choices=("table1", "solvers", "report"))
-    parser.add_argument("--models", nargs="+", default=["mnist-n1", "mnist-n2"])
-    parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--mip-n", type=int, default=50, help="images given to the MIP")
     parser.add_argument("--norms", nargs="+", type=float, default=[2.0, INF])
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    parser.add_argument("--doc", default="docs/results/linear_region.md", help="report: the page")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run ``table1``, ``solvers`` or ``report`` (``argv``: the arguments)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    harness.require_zoo_models(parser, args)  # first_test_images loads zoo models by name
     {"table1": table1, "solvers": solvers, "report": report}[args.command](args)
 
 

@@ -6,6 +6,12 @@ fresh SQLite store, interleaved in alternating order, ``--repeats`` times each. 
 target: the runner costs at most 5% more.
 
     python benchmarks/runner_overhead.py [--n 1000] [--repeats 3] [--data-dir DIR]
+
+Not on the benchmark harness (``_harness``): it times the runner itself against direct calls,
+so it keeps its own timing loop and parser. The harness's options would not fit (one fixed
+model and attack; nothing is stored, so no ``--out``), and its images are the first n test
+images, correct or not, with a fallback to the bundled demo model and images when the data or
+the cached model is missing, which the harness's loaders refuse.
 """
 
 from __future__ import annotations

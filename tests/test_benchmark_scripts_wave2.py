@@ -1,0 +1,183 @@
+"""The wave-2 benchmark scripts on the benchmark harness (benchmarks/ead.py, defenses.py,
+blackbox.py, linear_region.py): their parsers take the harness's common options and their own,
+each ``--report`` path reads a tiny stored jsonl in the one results format, and a one-image
+black-box run goes through the runner and resumes from its rows."""
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
+DATA = os.environ.get("ADVX_DATA", str(Path(__file__).parents[2] / "shared" / "data"))
+needs_mnist = pytest.mark.skipif(
+    not (Path(DATA) / "MNIST").is_dir(), reason="MNIST not available (set ADVX_DATA)"
+)
+SCRIPTS = ("ead", "defenses", "blackbox", "linear_region", "_harness", "_results")
+
+
+@pytest.fixture
+def scripts(monkeypatch):
+    """Import benchmark scripts by name (they import ``_harness`` from their own folder)."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setenv("ADVX_DATA", DATA)
+    yield importlib.import_module
+    for name in SCRIPTS:
+        sys.modules.pop(name, None)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+COMMON = ["--n", "3", "--batch-size", "7", "--threads", "1", "--data-dir", "D", "--out", "O"]
+
+
+@pytest.mark.parametrize(
+    "name, own",
+    [
+        ("ead", ["--tables", "6", "--search", "2", "--steps", "4"]),
+        ("defenses", ["--parts", "squeeze", "--quick"]),
+        ("blackbox", ["--parts", "cw", "--zoo-steps", "4"]),
+        ("linear_region", ["table1", "--mip-n", "2", "--time-limit", "1"]),
+    ],
+)
+def test_each_parser_takes_the_common_options_and_its_own(scripts, name, own):
+    args = scripts(name).build_parser().parse_args(COMMON + own)
+    assert (args.n, args.batch_size, args.threads) == (3, 7, 1)
+    assert (args.data_dir, args.out) == ("D", "O")
+    assert isinstance(args.models, list) and args.models
+
+
+def test_parser_defaults_keep_each_script_s_own(scripts):
+    assert scripts("ead").build_parser().parse_args([]).batch_size == 45
+    defenses = scripts("defenses").build_parser().parse_args([])
+    assert defenses.batch_size is None and defenses.n == 10  # n / 9 n per part, as before
+    region = scripts("linear_region").build_parser().parse_args(["report"])
+    assert region.out == "results/linear_region.jsonl" and region.models == ["mnist-n1", "mnist-n2"]
+    blackbox = scripts("blackbox").build_parser()
+    assert blackbox.parse_args([]).out == "results/blackbox"
+    assert blackbox.parse_args(["--model", "cifar-cnn"]).models == ["cifar-cnn"]  # old spelling
+
+
+def test_parsers_refuse_what_they_cannot_run(scripts):
+    with pytest.raises(SystemExit):
+        scripts("blackbox").build_parser().parse_args(["--parts", "zoo"])
+    with pytest.raises(SystemExit):
+        scripts("linear_region").build_parser().parse_args([])  # the command is required
+    with pytest.raises(SystemExit):
+        scripts("defenses").main(["--models", "mnist-mlp", "--out", "unused"])
+    with pytest.raises(SystemExit):
+        scripts("blackbox").main(["--models", "net.py:build", "--parts", "report"])
+
+
+def test_setup_opens_a_folder_or_a_jsonl_file(scripts, tmp_path):
+    harness = scripts("_harness")
+    parsed = harness.parser("doc", models=["m"], n=1, out=str(tmp_path / "folder"))
+    folder = harness.setup(parsed.parse_args([]))
+    assert folder.path == tmp_path / "folder" / "results.jsonl"
+    named = harness.setup(parsed.parse_args(["--out", str(tmp_path / "deep" / "rows.jsonl")]))
+    assert named.path == tmp_path / "deep" / "rows.jsonl" and named.path.parent.is_dir()
+    assert torch.get_num_threads() == 1
+
+
+def _case(success_rate: float, l1: float, l2: float, linf: float) -> dict:
+    return {"success_rate": success_rate, "l1": l1, "l2": l2, "linf": linf}
+
+
+def test_ead_report_reads_stored_rows(scripts, tmp_path):
+    cases = {"best": _case(1, 9.0, 1.0, 0.3), "average": _case(1, 12.5, 1.5, 0.4)}
+    cases["worst"] = _case(1, 20.0, 2.0, 0.5)
+    row = {"model": "mnist-cnn", "attack": "EAD (EN rule)", "n": 2, "hyperparameters": {}}
+    row |= {"cases": cases, "pairs": 18, "seconds_per_pair": 0.25, "date": "2026-12-02 00:00 UTC"}
+    _write_rows(tmp_path / "ead" / "results.jsonl", [row])
+    doc = tmp_path / "ead.md"
+    scripts("ead").main(
+        ["--report", "--out", str(tmp_path / "ead"), "--doc", str(doc), "--notes", "none.md"]
+    )
+    text = doc.read_text()
+    assert "| EAD (EN rule) | 100.0 | 12.50 | 1.500 | 0.400 | 0.25 |" in text
+    assert "(no EAD peer rows measured)" in text
+
+
+def test_defenses_report_reads_stored_rows(scripts, tmp_path):
+    squeeze = {"key": "squeeze/EAD/20/untargeted/2/{}", "part": "squeeze", "method": "EAD"}
+    squeeze |= {"kappa": 20, "mode": "untargeted", "n": 2, "asr_plain": 1.0}
+    squeeze |= {"detected_of_adversarial": 0.5, "asr_detector": 0.5, "l1": 10.0, "l2": 2.0}
+    squeeze["linf"] = 0.9
+    madry = {"key": "madry/mnist-madry/0.3/0.01/1000", "part": "madry", "model": "mnist-madry"}
+    madry |= {"train_eps": 0.3, "eps": 0.3, "step_size": 0.01, "n": 1000, "natural": 0.98}
+    madry["accuracy"] = 0.9
+    _write_rows(tmp_path / "def" / "results.jsonl", [squeeze, madry])
+    doc = tmp_path / "defenses.md"
+    scripts("defenses").main(["--report", "--out", str(tmp_path / "def"), "--doc", str(doc)])
+    text = doc.read_text()
+    assert "| EAD | 20 | untargeted | 2 | 100.0 | 50.0 | 50.0 | 10 | 2 | 0.9 |" in text
+    assert "| mnist-madry | 0.3 | 0.3 (step 0.01) | 1000 | 98.0 | 90.0 | 98.16 / 91.14 |" in text
+
+
+def _blackbox_rows() -> list[dict]:
+    rows = []
+    for row, l2s in (("white-box C&W", (1.0, 2.0)), ("ZOO-Adam", (1.1, 2.2))):
+        for image, l2 in zip((0, 1), l2s):
+            key = f"mnist-cnn|{row}|u{image}"
+            rows.append({"key": key, "success": True, "l2": l2, "linf": 0.5, "seconds": 2.0})
+            rows[-1]["queries"] = 100.0
+    return rows
+
+
+@pytest.mark.parametrize("out", ["bb", "bb/results.jsonl"])  # the folder, or the file as before
+def test_blackbox_report_reads_stored_rows(scripts, tmp_path, capsys, out):
+    _write_rows(tmp_path / "bb" / "results.jsonl", _blackbox_rows())
+    doc = tmp_path / "blackbox.md"
+    scripts("blackbox").main(["--parts", "report", "--out", str(tmp_path / out), "--doc", str(doc)])
+    text = doc.read_text()
+    assert "| ZOO-Adam | no | 2 | 100.0 | 1.65 | 2 | 100 |" in text
+    assert "mean L2 1.6500 vs 1.5000 (+10.0%)" in text
+
+
+def test_linear_region_report_reads_stored_rows(scripts, tmp_path, capsys):
+    rows = [
+        {"key": "t1|mnist-n1|DeepFool|3", "table": 1, "model": "mnist-n1", "attack": "DeepFool"}
+        | {"norm": 2, "images": [0, 1], "norms": [1.1, 1.2], "seconds_per_image": 0.01},
+    ]
+    for image in (0, 1):
+        rows.append({"key": f"mip|mnist-n1|L2|{image}|5", "mip": True, "model": "mnist-n1"})
+        rows[-1] |= {"norm": "2", "image": image, "norm_value": 1.0, "lower": 1.0}
+        rows[-1] |= {"status": "optimal", "seconds": 3.0, "nodes": 1, "binaries": 10}
+    _write_rows(tmp_path / "lr.jsonl", rows)
+    doc = tmp_path / "lr.md"
+    scripts("linear_region").main(
+        ["report", "--out", str(tmp_path / "lr.jsonl"), "--doc", str(doc)]
+    )
+    text = doc.read_text()
+    assert "MIP (L2): 2 images attempted, 2 proven optimal (time limit per image 5 s)" in text
+    assert "| DeepFool | 0.010 | 1.1500 / 1.2000 | 2 |" in text
+
+
+@needs_mnist
+def test_blackbox_cw_runs_through_the_runner_and_resumes(scripts, tmp_path, monkeypatch, capsys):
+    blackbox = scripts("blackbox")
+    argv = ["--parts", "cw", "--n", "1", "--cw-search", "1", "--cw-steps", "2"]
+    argv += ["--out", str(tmp_path)]
+    blackbox.main(argv)
+    harness = scripts("_harness")
+    _, x, y = harness.evaluation_images("mnist-cnn", 1)
+    index = harness.correct_test_images(harness.load_model("mnist-cnn")[0], "mnist", 1)[2]
+    rows = scripts("_results").Results(tmp_path / "results.jsonl")
+    row = rows[f"mnist-cnn|white-box C&W|u{int(index[0])}"]
+    assert row["gradients"] == 2.0 and row["queries"] == 3.0  # the runner's counts: 2 steps
+    assert row["success"] is False and row["l2"] == 0.0  # 2 steps from c = 0.01 fail
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a stored row was attacked again")
+
+    monkeypatch.setattr(blackbox.harness, "run", no_run)
+    blackbox.main(argv)
+    assert len(scripts("_results").Results(tmp_path / "results.jsonl")) == 1
+    assert x.shape == (1, 1, 28, 28) and y.shape == (1,)
