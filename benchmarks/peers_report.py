@@ -5,7 +5,7 @@ the run that measured it, and for the trust-region rows the check of issue 13: a
 no larger than adv-lib's, in no more time.
 
     python benchmarks/peers_report.py --results results/peers/results.jsonl \
-        --out docs/results/peers.md
+        results/peers-tr/results.jsonl --out docs/results/peers.md
 
 Only stored rows are used (nothing is measured here); a later row for the same model, family
 and library replaces an earlier one.
@@ -128,13 +128,21 @@ def render(rows: dict[tuple[str, str, str], dict], notes: list[str] = ()) -> str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results", default="results/peers/results.jsonl")
+    parser.add_argument(
+        "--results",
+        nargs="+",
+        default=["results/peers/results.jsonl"],
+        help="results files, read in order (a later row replaces an earlier one)",
+    )
     parser.add_argument("--out", default="docs/results/peers.md")
     parser.add_argument("--note", action="append", default=[], help="a line for the notes")
     args = parser.parse_args()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(_load(Path(args.results)), args.note))
+    rows: dict = {}
+    for path in args.results:
+        rows |= _load(Path(path))
+    out.write_text(render(rows, args.note))
     print(f"wrote {out}")
 
 
