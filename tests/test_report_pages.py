@@ -182,6 +182,24 @@ def test_models_listing(capsys):
     assert "cached" in capsys.readouterr().out
 
 
+def test_models_listing_shows_trained_variants_in_the_cache(capsys, tmp_path, monkeypatch):
+    from advx.models import MnistCNN
+    from advx.models.checkpoints import save_model
+
+    monkeypatch.setenv("ADVX_CACHE", str(tmp_path))
+    metrics = {"test_accuracy": 0.5, "epochs": 2}
+    save_model(MnistCNN(), "mnist-madry", tmp_path / "mnist-madry.pt", metrics, "mnist-cnn")
+    (tmp_path / "not-a-model.pt").write_bytes(b"junk")
+    assert main(["models", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    variant = rows["mnist-madry"]
+    assert variant["dataset"] == "mnist" and variant["cached"] == "yes"
+    assert variant["expected accuracy"] == 0.5 and "variant of mnist-cnn" in variant["architecture"]
+    assert "not-a-model" not in rows
+    assert main(["models"]) == 0
+    assert "mnist-madry" in capsys.readouterr().out
+
+
 def test_version(capsys):
     from advx import __version__
 

@@ -1079,6 +1079,39 @@ def model_rows() -> list[dict]:
                 "epochs": spec.epochs,
             }
         )
+    return rows + _variant_rows()
+
+
+def _variant_rows() -> list[dict]:
+    """One dict per trained variant in the cache (a ``<name>.pt`` recording a zoo architecture
+    under another name: ``mnist-madry``, ``mnist-cnn-distilled-t100``, ``mnist-cnn-adv-ddn``),
+    with its measured test accuracy."""
+    from . import models
+    from .models.checkpoints import read_checkpoint
+
+    rows = []
+    for path in sorted(models.resolve_cache_dir().glob("*.pt")):
+        if path.stem in models.MODELS:
+            continue
+        try:
+            blob = read_checkpoint(path)
+            spec = models.get_spec(blob["architecture"])
+        except Exception:  # not an advx model file: not listed
+            continue
+        accuracy = (blob.get("metrics") or {}).get("test_accuracy")
+        rows.append(
+            {
+                "name": path.stem,
+                "dataset": spec.dataset,
+                "input": "x".join(str(s) for s in spec.input_shape),
+                "architecture": f"trained variant of {spec.name} (accuracy: as measured)",
+                "task": spec.task,
+                "expected accuracy": accuracy,
+                "cached": "yes",
+                "path": str(path),
+                "epochs": (blob.get("metrics") or {}).get("epochs"),
+            }
+        )
     return rows
 
 
@@ -1098,7 +1131,7 @@ def _command_models(args: argparse.Namespace) -> int:
             r["cached"]
             if r["cached"] != "no"
             else f"no (trains {r['epochs']} epochs on first use)",
-            f"{100 * r['expected accuracy']:.1f}%",
+            "-" if r["expected accuracy"] is None else f"{100 * r['expected accuracy']:.1f}%",
             r["architecture"],
         ]
         for r in rows
