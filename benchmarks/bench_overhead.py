@@ -105,23 +105,33 @@ def through_sweep(config: dict, db: Path, executor: str, max_parallel: int | Non
     return seconds
 
 
-def part_a(args, results: Results, folder: Path) -> None:
-    config = sweep_config(args.a_jobs, args.a_n, args.a_steps)
-    for repeat in range(args.a_repeats):
+def _loop_against_local(
+    part: str, config: dict, repeats: int, tag: str, results: Results, folder: Path, digits: int
+) -> None:
+    """Time the plain loop and the local executor on ``config``, alternating their order from one
+    repeat to the next, each on a fresh database from cold caches; rows keyed
+    ``part|variant|repeat`` + ``tag``."""
+    for repeat in range(repeats):
         order = ("loop", "local") if repeat % 2 == 0 else ("local", "loop")
         for variant in order:
-            key = f"A|{variant}|{repeat}|{args.a_jobs}|{args.a_n}|{args.a_steps}"
+            key = f"{part}|{variant}|{repeat}{tag}"
             if key in results:
                 continue
-            db = folder / f"a-{variant}-{repeat}.sqlite"
+            db = folder / f"{part.lower()}-{variant}-{repeat}.sqlite"
             clear_caches()
             seconds = (
                 plain_loop(config, db) if variant == "loop" else through_sweep(config, db, "local")
             )
             results.add(
-                key, {"part": "A", "variant": variant, "repeat": repeat, "seconds": seconds}
+                key, {"part": part, "variant": variant, "repeat": repeat, "seconds": seconds}
             )
-            print(f"A repeat {repeat} {variant:6s} {seconds:8.2f} s", flush=True)
+            print(f"{part} repeat {repeat} {variant:6s} {seconds:8.{digits}f} s", flush=True)
+
+
+def part_a(args, results: Results, folder: Path) -> None:
+    config = sweep_config(args.a_jobs, args.a_n, args.a_steps)
+    tag = f"|{args.a_jobs}|{args.a_n}|{args.a_steps}"
+    _loop_against_local("A", config, args.a_repeats, tag, results, folder, digits=2)
 
 
 def part_c(args, results: Results, folder: Path) -> None:
@@ -134,21 +144,7 @@ def part_c(args, results: Results, folder: Path) -> None:
             {"name": "fgm", "norm": "inf", "eps": [round(0.01 * k, 2) for k in range(1, 25)]}
         ],
     }
-    for repeat in range(args.c_repeats):
-        order = ("loop", "local") if repeat % 2 == 0 else ("local", "loop")
-        for variant in order:
-            key = f"C|{variant}|{repeat}"
-            if key in results:
-                continue
-            db = folder / f"c-{variant}-{repeat}.sqlite"
-            clear_caches()
-            seconds = (
-                plain_loop(config, db) if variant == "loop" else through_sweep(config, db, "local")
-            )
-            results.add(
-                key, {"part": "C", "variant": variant, "repeat": repeat, "seconds": seconds}
-            )
-            print(f"C repeat {repeat} {variant:6s} {seconds:8.3f} s", flush=True)
+    _loop_against_local("C", config, args.c_repeats, "", results, folder, digits=3)
 
 
 B_VARIANTS = {"local": ("local", None), "ray": ("ray", None), "ray serial": ("ray", 1)}
