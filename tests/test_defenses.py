@@ -355,6 +355,45 @@ def test_fgsm_rs_training_examples_stay_in_the_eps_ball_and_the_box():
     assert not torch.equal(adv, x)
 
 
+def test_n_fgsm_examples_are_noise_plus_one_signed_step_without_projection():
+    """N-FGSM (de Jorge et al. 2022): x + eta + eps sign(grad) with eta ~ U[-2 eps, 2 eps],
+    clipped to [0, 1] only, so perturbations beyond eps (up to 3 eps) occur; train mode is
+    restored; the recipe's settings are noise 2 eps and step eps."""
+    from advx.defenses.madry import madry_attack_settings, noise_fgsm_batch
+
+    settings = madry_attack_settings(0.3, "n-fgsm", 40, 0.01)
+    assert settings == {"noise": pytest.approx(0.6), "step_size": pytest.approx(0.3)}
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3), nn.Dropout(0.5)).train()
+    x = torch.rand(256, 16) * 0.2 + 0.4  # away from the box, so clipping rarely hides the step
+    y = torch.randint(0, 3, (256,))
+    adv, labels = noise_fgsm_batch(model, x, y, **settings)
+    assert model.training and torch.equal(labels, y)
+    assert adv.min() >= 0 and adv.max() <= 1
+    delta = (adv - x).abs()
+    assert delta.max() <= 0.9 + 1e-6
+    assert (delta.amax(1) > 0.3 + 1e-3).all()  # not projected onto the eps-ball
+
+
+@needs_mnist
+def test_madry_early_stopping_scores_every_epoch_by_pgd_on_training_images(tmp_path):
+    from advx.defenses.madry import madry_training
+    from advx.models.checkpoints import read_checkpoint
+
+    torch.set_num_threads(1)
+    common = dict(architecture="mnist-fcnn", data_dir=DATA, cache_dir=tmp_path)
+    common |= dict(max_samples=256, epochs=2, progress=False, method="n-fgsm")
+    _, metrics = madry_training(0.1, early_stopping=32, **common)
+    scores = [h["selection_score"] for h in metrics["history"]]
+    assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
+    assert metrics["selection_score"] == max(scores)
+    assert metrics["selected_epoch"] == 1 + scores.index(max(scores))
+    extra = read_checkpoint(tmp_path / "mnist-madry-eps0.1.ckpt")["recipe"]["extra"]
+    assert extra["method"] == "n-fgsm" and extra["early_stopping"] == 32
+    with pytest.raises(ValueError, match="early_stopping"):
+        madry_training(0.1, early_stopping=-1, **common)
+
+
 @pytest.mark.parametrize(
     "name, eps",
     [

@@ -196,3 +196,36 @@ def test_swish_models_are_smooth(name):
     relu = get_spec("cifar-alexlike").build().double().eval()
     assert any(isinstance(m, torch.nn.ReLU) for m in relu.modules())
     assert hvp_norm(relu) == 0
+
+
+@needs_data
+def test_select_keeps_the_best_epoch_and_remembers_it_on_resume(tmp_path):
+    """Early stopping: the epoch with the highest ``select`` score is the one saved (ties keep
+    the earlier epoch), in the model returned, the cached model and the checkpoint, and a
+    rerun of the finished recipe keeps the choice."""
+    kwargs = dict(seed=3, max_samples=256, progress=False)
+    scores = iter([0.2, 0.9, 0.9, 0.1])
+    weights = []
+
+    def select(model):
+        assert not model.training
+        weights.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scores)
+
+    model, metrics = models.train(
+        "mnist-fcnn", SHARED, cache_dir=tmp_path / "four", epochs=4, select=select, **kwargs
+    )
+    assert metrics["selected_epoch"] == 2
+    assert [h["selection_score"] for h in metrics["history"]] == [0.2, 0.9, 0.9, 0.1]
+    assert metrics["test_accuracy"] == metrics["history"][1]["test_accuracy"]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, weights[1][name])
+    loaded = models.load("mnist-fcnn", cache_dir=tmp_path / "four", train_if_missing=False)
+    for name, value in loaded.state_dict().items():
+        assert torch.equal(value, weights[1][name])
+    checkpoint = torch.load(tmp_path / "four" / "mnist-fcnn.ckpt", weights_only=True)
+    assert checkpoint["best"]["epoch"] == 2
+    _, again = models.train(
+        "mnist-fcnn", SHARED, cache_dir=tmp_path / "four", epochs=4, select=select, **kwargs
+    )
+    assert again["selected_epoch"] == 2  # resumed: nothing trained, the choice remembered

@@ -469,7 +469,7 @@ def test_second_order_equals_first_order_on_relu_network(target):
     """ReLU networks are piecewise linear: every Hessian-vector product is exactly zero, so the
     second-order attack falls back to the first-order step (Yao et al. 2019, Sec. 3)."""
     model = _relu_mlp(seed=3)
-    x = torch.rand(8, 1, 4, 4, dtype=torch.float64)
+    x = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     y = model(x).argmax(1)
     rule = {"sigma1": 0.9, "sigma2": 0.5, "two_sided": False}  # Algorithm 1 as printed
     first = trust_region(model, x, y, target=target, **rule)
@@ -665,8 +665,55 @@ def test_refresh_changes_nothing_where_gradients_are_constant():
     assert (model(sparse).argmax(1) != y).all()
 
 
+@pytest.mark.parametrize("ambiguity", [1.0, 1.2, float("inf")])
+def test_ambiguity_changes_nothing_where_gradients_are_constant(ambiguity):
+    """Skipping the fresh gradients of a clear choice is exact on a linear model too."""
+    model, x, y = make_problem(n=12, k=10, seed=2, dtype=torch.float64)
+    every = trust_region(model, x, y, refresh=1, ambiguity=float("inf"))
+    lazy = trust_region(model, x, y, refresh=1, ambiguity=ambiguity)
+    assert torch.allclose(every, lazy, atol=1e-12)
+
+
+def _relu_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(20, 64), nn.ReLU(), nn.Linear(64, 10)).double().eval()
+
+
+class _CountBackward:
+    """Counts the samples that pass backward through a module (one per sample per pass)."""
+
+    def __init__(self, module: nn.Module):
+        self.samples = 0
+        module.register_full_backward_hook(self._hook)
+
+    def _hook(self, _module, _grad_in, grad_out):
+        self.samples += grad_out[0].shape[0]
+
+
+def test_ambiguity_refreshes_only_doubtful_choices_on_a_relu_net():
+    """ambiguity = 1 re-evaluates the candidates only after inaccurate steps; a larger
+    ambiguity re-evaluates more often, so it spends more backward passes, and inf re-evaluates
+    every due sample; an endless refresh period spends the fewest. All find adversarials."""
+    model = _relu_net(3)
+    x = torch.rand(16, 20, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    y = model(x).argmax(1)
+    counter = _CountBackward(model[0])
+    spent, advs = {}, {}
+    for ambiguity in (1.0, 1.2, float("inf")):
+        counter.samples = 0
+        advs[ambiguity] = trust_region(model, x, y, refresh=2, ambiguity=ambiguity)
+        spent[ambiguity] = counter.samples
+    counter.samples = 0
+    trust_region(model, x, y, refresh=10**6, ambiguity=float("inf"))
+    assert counter.samples <= spent[1.0] <= spent[1.2] < spent[float("inf")]
+    for adv in advs.values():
+        assert (model(adv).argmax(1) != y).all()
+
+
 def test_new_options_are_checked():
     model, x, y = make_problem(n=2, k=3, seed=0)
+    with pytest.raises(ValueError, match="ambiguity"):
+        trust_region(model, x, y, ambiguity=0.5)
     with pytest.raises(ValueError, match="refresh"):
         trust_region(model, x, y, refresh=0)
     with pytest.raises(ValueError, match="final_search"):

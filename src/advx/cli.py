@@ -582,7 +582,8 @@ def _command_train(args: argparse.Namespace) -> int:
 
 def _madry_train(args: argparse.Namespace, common: dict, device):
     """``advx train mnist-madry`` (eps 0.3) or ``mnist-madry-eps<EPS>``: the Madry recipe, with
-    ``--set method=fgsm-rs`` (Wong et al. 2020), ``--set steps=..``, ``--set step_size=..``."""
+    ``--set method=fgsm-rs`` (Wong et al. 2020) or ``method=n-fgsm`` (de Jorge et al. 2022),
+    ``--set steps=..``, ``--set step_size=..``, ``--set early_stopping=<images>``."""
     from .defenses.madry import MADRY_EPOCHS, madry_eps, madry_training
 
     if device.type != "cpu":
@@ -590,13 +591,15 @@ def _madry_train(args: argparse.Namespace, common: dict, device):
     if args.adversarial or args.distill is not None or args.init_from or args.max_norm is not None:
         raise UsageError(
             f"{args.name} is the Madry recipe: it takes --epochs, --seed, --max-samples and "
-            "--set method=pgd|fgsm-rs / steps= / step_size=, not --adversarial, --distill, "
+            "--set method=pgd|fgsm-rs|n-fgsm / steps= / step_size= / early_stopping=, not "
+            "--adversarial, --distill, "
             "--init-from or --max-norm"
         )
     settings = parse_settings(args.settings)
-    unknown = sorted(set(settings) - {"method", "steps", "step_size"})
+    known = {"method", "steps", "step_size", "early_stopping"}
+    unknown = sorted(set(settings) - known)
     if unknown:
-        raise UsageError(f"--set: {args.name} takes method, steps and step_size, not {unknown}")
+        raise UsageError(f"--set: {args.name} takes {', '.join(sorted(known))}, not {unknown}")
     common = {k: v for k, v in common.items() if k != "init_from"}
     common["epochs"] = common["epochs"] or MADRY_EPOCHS
     eps = madry_eps(args.name)

@@ -17,6 +17,7 @@ an interruption (``advx.models.train``); the result is cached as ``<name>-adv-<a
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -68,6 +69,8 @@ def adversarial_training(
     progress: bool = True,
     save_as: str | None = None,
     init_from: str | None = None,
+    select: Callable[[nn.Module], float] | None = None,
+    recipe_extra: dict | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train zoo architecture ``name`` on adversarial examples of ``attack`` (Liu & Cao, Eq. 6-7;
     Rony et al. 2019, Sec. 3.3; Madry et al. 2018 for PGD).
@@ -78,6 +81,8 @@ def adversarial_training(
     ``advx.models.train`` does, with the checkpoint saved as ``save_as`` (default
     ``<name>-adv-<attack>``) and resumed from after an interruption. ``init_from`` fine-tunes
     the weights of a trained zoo model (e.g. the clean ``name``) instead of starting from scratch.
+    ``select`` keeps the best-scoring epoch (early stopping, ``advx.models.train``), with its
+    settings in ``recipe_extra`` (added to the recipe a checkpoint must match).
     """
     if not 0.0 <= beta <= 1.0:
         raise ValueError(f"beta must lie in [0, 1], got {beta!r}")
@@ -93,6 +98,7 @@ def adversarial_training(
         "max_norm": float(max_norm),
         "beta": beta,
         "attack_kwargs": kwargs,
+        **(recipe_extra or {}),
     }
     return train(
         name,
@@ -107,4 +113,5 @@ def adversarial_training(
         save_as=save_as or f"{name}-adv-{info.name}",
         recipe_extra=extra,
         init_from=init_from,
+        select=select,
     )

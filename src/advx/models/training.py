@@ -221,20 +221,38 @@ def _initial_weights(init_from: str, spec: ModelSpec, data_dir, cache_dir) -> di
     return state
 
 
-def _try_resume(path: Path, recipe: dict, model: nn.Module, opt, sched) -> tuple[int, list]:
-    """Restore a matching checkpoint; return (epochs done, history)."""
+def _try_resume(
+    path: Path, recipe: dict, model: nn.Module, opt, sched
+) -> tuple[int, list, dict | None]:
+    """Restore a matching checkpoint; return (epochs done, history, best epoch so far or None:
+    ``{"epoch", "score", "model"}`` of ``train``'s ``select``)."""
     if not path.is_file():
-        return 0, []
+        return 0, [], None
     ckpt = read_checkpoint(path)
     if ckpt.get("recipe") != recipe:
         warnings.warn(
             f"ignoring checkpoint {path}: it was written for a different recipe", stacklevel=3
         )
-        return 0, []
+        return 0, [], None
     model.load_state_dict(ckpt["model"])
     opt.load_state_dict(ckpt["optimizer"])
     sched.load_state_dict(ckpt["scheduler"])
-    return int(ckpt["epoch"]), list(ckpt["history"])
+    return int(ckpt["epoch"]), list(ckpt["history"]), ckpt.get("best")
+
+
+def _select_epoch(model: nn.Module, select, stats: dict, best: dict | None) -> dict | None:
+    """Score the epoch just trained (``select`` on the model in eval mode, train mode restored)
+    into ``stats["selection_score"]``; return the best epoch so far, this one if it scores
+    higher than ``best`` (ties keep the earlier epoch)."""
+    model.eval()
+    with torch.random.fork_rng(devices=[]):
+        score = float(select(model))
+    model.train()
+    stats["selection_score"] = score
+    if best is not None and score <= best["score"]:
+        return best
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return {"epoch": stats["epoch"], "score": score, "model": state}
 
 
 def train(
@@ -252,8 +270,15 @@ def train(
     save_as: str | None = None,
     recipe_extra: dict | None = None,
     init_from: str | None = None,
+    select: Callable[[nn.Module], float] | None = None,
 ) -> tuple[nn.Module, dict]:
     """Train zoo model ``name`` with its recipe; return ``(model in eval mode, metrics)``.
+
+    ``select(model) -> score`` (early stopping, e.g. Wong et al. 2020, Sec. 5.3: the PGD
+    accuracy of a few training images after every epoch) is called on the model in eval mode
+    after every epoch; the epoch with the highest score is kept (in the checkpoint too, so a
+    resumed run remembers it) and saved as the final model instead of the last epoch. Its
+    settings must be in ``recipe_extra`` so that a checkpoint of other settings is not resumed.
 
     ``init_from`` starts from the weights of another trained model of the same architecture
     (a zoo name, loaded with ``advx.models.load``: cached checkpoint, bundled weights, or trained
@@ -296,6 +321,7 @@ def train(
             recipe_extra,
             init_from,
             architecture,
+            select,
         )
 
 
@@ -313,6 +339,7 @@ def _train(
     recipe_extra=None,
     init_from=None,
     architecture=None,
+    select=None,
 ) -> tuple[nn.Module, dict]:
     x_train, y_train = load_dataset(spec.dataset, "train", data_dir)
     x_test, y_test = load_dataset(spec.dataset, "test", data_dir)
@@ -333,7 +360,7 @@ def _train(
     if init_from is not None:
         recipe["init_from"] = init_from
     ckpt_path = resolve_cache_dir(cache_dir) / f"{spec.name}.ckpt"
-    start, history = _try_resume(ckpt_path, recipe, model, opt, sched)
+    start, history, best = _try_resume(ckpt_path, recipe, model, opt, sched)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         stats = _run_epoch(
@@ -352,6 +379,8 @@ def _train(
         stats["epoch_time_s"] = time.perf_counter() - t0
         stats["test_accuracy"] = evaluate(model, x_test, y_test, channels_last=spec.channels_last)
         stats["epoch"] = epoch + 1
+        if select is not None:
+            best = _select_epoch(model, select, stats, best)
         history.append(stats)
         if progress:
             tqdm.write(
@@ -366,17 +395,25 @@ def _train(
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
                 "scheduler": sched.state_dict(),
+                "best": best,
             },
             ckpt_path,
         )
+    chosen = history[-1]
+    if best is not None:
+        model.load_state_dict(best["model"])
+        chosen = history[best["epoch"] - 1]
     metrics = {
-        "test_accuracy": history[-1]["test_accuracy"],
+        "test_accuracy": chosen["test_accuracy"],
         "n_test": int(x_test.shape[0]),
         "train_time_s": sum(h["epoch_time_s"] for h in history),
         "epochs": epochs,
         "seed": seed,
         "history": history,
     }
+    if best is not None:
+        metrics["selected_epoch"] = best["epoch"]
+        metrics["selection_score"] = best["score"]
     model = model.to(memory_format=torch.contiguous_format).eval()
     save_model(model, spec.name, model_path(spec.name, cache_dir), metrics, architecture)
     return model, metrics

@@ -70,6 +70,7 @@ def trust_region(
     target: str | Tensor = "best",
     candidates: int = 9,
     refresh: int = 3,
+    ambiguity: float = 1.2,
     final_search: int = 10,
     steps: int = 300,
     order: int = 1,
@@ -133,9 +134,13 @@ def trust_region(
     t is then the strongest other class at each iterate.
 
     ``'best'`` costs 1 + ``candidates`` backward passes per evaluation of the candidates'
-    gradients; with ``refresh`` = k > 1 they are evaluated every k-th iteration, and in between
-    the class is re-chosen from the current logits (free, from the forward pass) and the last
-    gradient norms, at one backward pass per iteration (exact where gradients are constant).
+    gradients; with ``refresh`` = k > 1 they are evaluated at most every k-th iteration of a
+    sample, and in between the class is re-chosen from the current logits (free, from the
+    forward pass) and the last gradient norms, at one backward pass per iteration (exact where
+    gradients are constant). A sample due for fresh gradients gets them only while the choice
+    is in doubt: its second-nearest class, by the last norms, lies within ``ambiguity`` times
+    the nearest one's distance. Where one class is clearly nearest, stale norms would have to
+    be off by that factor to change the choice, and the 1 + ``candidates`` passes are saved.
 
     Defaults, chosen to need no tuning across datasets: when None, the radius and its bounds are
     relative to each sample's first linearised (DeepFool) distance d0: eps^0 = 0.03 d0,
@@ -144,8 +149,8 @@ def trust_region(
     normalised CIFAR-10. Small first steps that grow only while the linear model stays accurate
     follow the curved path to a nearer boundary point than a few long steps (the paper notes its
     adaptive results suffer from "relaxed sigma1 and sigma2"); hence sigma1 = 0.99,
-    sigma2 = 0.97 with the two-sided test, and refresh = 3, final_search = 10 (measured side by
-    side with adv-lib's tr by benchmarks/peers.py: docs/results/peers.md).
+    sigma2 = 0.97 with the two-sided test, and refresh = 3, ambiguity = 1.2, final_search = 10
+    (measured side by side with adv-lib's tr by benchmarks/peers.py: docs/results/peers.md).
     eta = 1.2, candidates = 9 (every other class of a 10-class problem) and overshoot = 0.02
     as in the authors' code (the paper gives no eta). steps = 300 rather than the code's 100:
     each sample stops at its first adversarial iterate, so the cap costs only the samples that
@@ -185,6 +190,9 @@ def trust_region(
         refresh: with ``target='best'``, the candidates' gradients are evaluated every
             ``refresh`` iterations (1 + ``candidates`` backward passes); in between the class
             is re-chosen from the current logits and the last gradient norms (one backward).
+        ambiguity: with ``target='best'``, a sample due for fresh gradients gets them only
+            while its second-nearest class is within ``ambiguity`` times the nearest one's
+            linearised distance (>= 1; inf: always, every ``refresh`` iterations).
         final_search: bisection steps on the step that first reached an adversarial iterate
             (0: return that iterate itself, Algorithm 1 as printed).
         steps: the most iterations per sample.
@@ -218,6 +226,9 @@ def trust_region(
     check_int(steps, "steps", 1)
     check_int(candidates, "candidates", 1)
     check_int(refresh, "refresh", 1)
+    check_positive(ambiguity, "ambiguity")
+    if not ambiguity >= 1:
+        raise ValueError(f"ambiguity must be >= 1, got {ambiguity!r}")
     check_int(final_search, "final_search", 0)
     check_int(cg_steps, "cg_steps", 1)
     if solver not in SOLVERS:
@@ -269,6 +280,7 @@ def trust_region(
         solver=solver,
         stop_at_boundary=stop_at_boundary,
         refresh=refresh,
+        ambiguity=float(ambiguity),
         final_search=final_search,
     )
     with attack_mode(model):

@@ -36,6 +36,9 @@ _RADIUS_FRACTION = 0.03
 _RADIUS_MIN_FRACTION = 0.01
 _RADIUS_MAX_FRACTION = 1.0
 _FALLBACK_RADIUS = 1e-2  # where d0 is undefined (zero gradient)
+# 'best' mode: below this rho (folded to min(rho, 1/rho)) the last step's linear model was off
+# by more than a factor 2, so the gradient norms have changed and are evaluated afresh
+_ACCURATE = 0.5
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,8 +62,13 @@ class TrustRegionSettings:
         cg_steps: Krylov vectors (CG iterations) per second-order step.
         solver: 'lanczos' or 'steihaug'.
         stop_at_boundary: stop each step at the model's zero (False: Algorithm 1 as printed).
-        refresh: in 'best' mode, the candidates' gradients are evaluated every ``refresh``
-            iterations; in between the class is re-chosen with the last gradient norms.
+        refresh: in 'best' mode, the candidates' gradients are evaluated at most every
+            ``refresh`` iterations per sample; in between the class is re-chosen with the last
+            gradient norms.
+        ambiguity: in 'best' mode, a sample due for fresh gradients gets them only while its
+            second-nearest class (by the last norms) is within ``ambiguity`` times the nearest
+            one's distance (inf: always), or while its last step was inaccurate (folded rho
+            below 0.5).
         final_search: bisection steps on the step that first reached an adversarial iterate.
     """
 
@@ -83,6 +91,7 @@ class TrustRegionSettings:
     solver: str = "lanczos"
     stop_at_boundary: bool = True
     refresh: int = 3
+    ambiguity: float = INF
     final_search: int = 10
 
 
@@ -199,20 +208,59 @@ def _best_class(
     return column + 1, f[rows, column], w[rows, column], gn
 
 
-def _nearest_by_stale_norms(
-    xg: Tensor, logits: Tensor, keep: Tensor, classes: Tensor, norms: Tensor, x: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The 'best' class between two full evaluations of the candidates' gradients: the smallest
-    linearised distance from the current logits and the last gradient norms, then one backward
-    pass for f = z_t - z_i of that class on the rows ``keep``. Returns (column, f, masked g)."""
+def _nearest_class(
+    model: nn.Module,
+    xg: Tensor,
+    logits: Tensor,
+    keep: Tensor,
+    classes: Tensor,
+    norms: Tensor,
+    due: Tensor,
+    inaccurate: Tensor,
+    settings: TrustRegionSettings,
+    p: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The 'best' class after the first iteration, per sample: the smallest linearised distance
+    from the current logits (the forward pass ``logits`` on ``xg``, rows ``keep``) and the last
+    gradient norms ``norms``; then one backward pass for f = z_t - z_i of that class. Rows that
+    are ``due`` (``settings.refresh``) and in doubt re-evaluate every candidate's gradient at the
+    current iterate instead (``_best_class``) and get fresh norms: their choice is ambiguous
+    (the second-nearest distance below ``settings.ambiguity`` times the nearest), or the last
+    step's linear model was ``inaccurate`` (folded rho < ``_ACCURATE``: the gradients, and so
+    the norms, have changed). Returns (column, f, masked g, refreshed rows); the fresh norms are written into
+    ``norms`` in place."""
+    x = xg.detach()[keep]
     with torch.enable_grad():
         z = logits[keep].gather(1, classes)
         margins = z[:, :1] - z[:, 1:]
-        column = _distances(margins.detach(), norms, classes).argmin(1)
+        dist = _distances(margins.detach(), norms, classes)
+        column = dist.argmin(1)
+        fresh = due & (inaccurate | _ambiguous(dist, settings.ambiguity))
         rows = torch.arange(z.shape[0], device=z.device)
         f = margins[rows, column]
-        (g,) = torch.autograd.grad(f.sum(), xg)
-    return column + 1, f.detach(), _free(g[keep], x)
+        g = torch.zeros_like(x)
+        if not bool(fresh.all()):
+            (grad,) = torch.autograd.grad(f[~fresh].sum(), xg)
+            g[~fresh] = grad[keep][~fresh]
+    f = f.detach().clone()
+    if bool(fresh.any()):
+        fresh_logits, grads = class_gradients(model, x[fresh], classes[fresh])
+        col, f[fresh], g[fresh], norms[fresh] = _best_class(
+            fresh_logits, grads, classes[fresh], x[fresh], p
+        )
+        column[fresh] = col - 1
+    return column + 1, f, _free(g, x), fresh
+
+
+def _ambiguous(dist: Tensor, ambiguity: float) -> Tensor:
+    """Rows whose second-smallest distance is below ``ambiguity`` times the smallest (always,
+    for ``ambiguity`` = inf; never with a single candidate)."""
+    if dist.shape[1] < 2:
+        return torch.zeros(dist.shape[0], dtype=torch.bool, device=dist.device)
+    if ambiguity == INF:
+        return torch.ones(dist.shape[0], dtype=torch.bool, device=dist.device)
+    nearest, second = dist.topk(2, dim=1, largest=False).values.unbind(1)
+    return second < ambiguity * nearest
 
 
 def _quadratic_step(
@@ -314,6 +362,8 @@ def run_iterations(
     f_prev = torch.zeros_like(radius)
     predicted = torch.zeros_like(radius)
     norms = torch.zeros(n, classes.shape[1] - 1, device=device, dtype=dtype)  # 'best' mode
+    refreshed = torch.zeros(n, dtype=torch.long, device=device)  # iteration of the last norms
+    inaccurate = torch.zeros(n, dtype=torch.bool, device=device)  # last rho < _ACCURATE
     previous = inputs.clone()  # the iterate before the last step
     for it in range(steps + 1):
         idx = active.nonzero().squeeze(1)
@@ -321,8 +371,8 @@ def run_iterations(
             break
         xi = x[idx]
         need_graph = order == 2
-        full = mode == "best" and it % s.refresh == 0
-        if full or (mode == "hardest" and it == 0):
+        full = mode in ("best", "hardest") and it == 0
+        if full:
             logits, grads = class_gradients(model, xi, classes[idx])
         elif mode == "best":
             xg, logits = forward_with_graph(model, xi)
@@ -333,12 +383,14 @@ def run_iterations(
             )
         done = reaches(logits, labels[idx], s.targets[idx] if mode == "fixed" else None)
         update_best(best_adv, best_norm, x, lp_norm(x - inputs, p), _scatter(done, idx, n))
-        if it > 0 and s.adaptive:  # Algorithm 1: rho = actual / predicted change of z_t - z_i
+        if it > 0:  # Algorithm 1: rho = actual / predicted change of z_t - z_i
             f_new = logits.gather(1, down[idx, None]) - logits.gather(1, up[idx, None])
             rho = (f_new.squeeze(1) - f_prev[idx]) / predicted[idx]
-            radius[idx] = update_radius(
-                radius[idx], rho, **rule, radius_min=rmin[idx], radius_max=rmax[idx]
-            )
+            inaccurate[idx] = ~(torch.where(rho > 1, 1 / rho, rho) >= _ACCURATE)
+            if s.adaptive:
+                radius[idx] = update_radius(
+                    radius[idx], rho, **rule, radius_min=rmin[idx], radius_max=rmax[idx]
+                )
         active[idx[done]] = False
         if callback is not None:
             callback(it, x, ~active)
@@ -346,15 +398,19 @@ def run_iterations(
         if it == steps or not keep.any():
             break
         idx, xi, logits = idx[keep], xi[keep], logits[keep]
-        if full or (mode == "hardest" and it == 0):
+        if full:
             grads = grads[keep]
             column, f, g, gn = _best_class(logits, grads, classes[idx], xi, p, mode == "hardest")
             if mode == "best":
-                norms[idx] = gn
+                norms[idx], refreshed[idx] = gn, 0
         elif mode == "best":
-            column, f, g = _nearest_by_stale_norms(
-                xg, logits_graph, keep, classes[idx], norms[idx], xi
+            stale = norms[idx]
+            due = it - refreshed[idx] >= s.refresh
+            column, f, g, fresh = _nearest_class(
+                model, xg, logits_graph, keep, classes[idx], stale, due, inaccurate[idx], s, p
             )
+            norms[idx] = stale
+            refreshed[idx[fresh]] = it
         if mode == "best" or (mode == "hardest" and it == 0):
             i_cls = classes[idx].gather(1, column[:, None]).squeeze(1)
             if mode == "hardest":
