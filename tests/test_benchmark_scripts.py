@@ -220,3 +220,24 @@ def test_every_shipped_trust_region_job_names_one_table_row(scripts, dataset):
             if j.model == model
         ]
         assert sorted(names) == sorted(rows)  # each row once, none missing
+
+
+@needs_mnist
+def test_trust_region_refresh_rows_order_the_rules_by_cost_and_resume(scripts, tmp_path, capsys):
+    """Each rule re-evaluates the candidates' gradients less often than the one before it, so
+    the backward passes the runner counts fall along ``RULES``; a rerun measures nothing."""
+    refresh = scripts("trust_region_refresh")
+    out, md = tmp_path / "rows", tmp_path / "report.md"
+    argv = ["--models", "mnist-cnn", "--n", "3", "--out", str(out), "--report", str(md)]
+    refresh.main(argv)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["rule"] for r in rows] == list(refresh.RULES)
+    cost = [r["gradients_per_image"] for r in rows]
+    assert cost[0] > cost[1] >= cost[2] >= cost[3] > 0
+    assert all(r["success"] == 1.0 and r["n"] == 3 for r in rows)
+    assert "| every 3rd, in doubt | 1.000 |" in md.read_text()
+    capsys.readouterr()
+    refresh.main(argv)
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    assert "mnist-cnn" not in capsys.readouterr().out
+    sys.modules.pop("trust_region_refresh", None)
