@@ -227,8 +227,8 @@ def _nearest_class(
     current iterate instead (``_best_class``) and get fresh norms: their choice is ambiguous
     (the second-nearest distance below ``settings.ambiguity`` times the nearest), or the last
     step's linear model was ``inaccurate`` (folded rho < ``_ACCURATE``: the gradients, and so
-    the norms, have changed). Returns (column, f, masked g, refreshed rows); the fresh norms are written into
-    ``norms`` in place."""
+    the norms, have changed). Returns (column, f, masked g, refreshed rows); the fresh norms
+    are written into ``norms`` in place."""
     x = xg.detach()[keep]
     with torch.enable_grad():
         z = logits[keep].gather(1, classes)
