@@ -14,6 +14,10 @@ docs/results/defenses.md generated from the stored rows.
 - ``madry`` (Table 9): natural and PGD-40 accuracy (random start, untargeted) on the first 1000
   test images of every ``mnist-madry*`` model in the cache (``advx train mnist-madry``), at its
   training eps with the thesis's step 2 eps / 40, and at eps 0.3 with Madry et al.'s step 0.01.
+- ``madry-transfer`` (Table 10): examples made on an ensemble of mnist-cnn, mnist-cnn-seed1 and
+  mnist-cnn-seed2 (``advx train mnist-cnn --seed S --save-as mnist-cnn-seedS``), judged on
+  mnist-madry; C&W and EAD (beta 0.01) over kappa, PGD and I-FGM-Linf over eps 0.1 to 1.0;
+  targeted (a random other class) and untargeted.
 
     python benchmarks/defenses.py --parts squeeze --n 20 --out results/defenses
     python benchmarks/defenses.py --parts distill transfer --n 4 --out results/defenses-distill \
@@ -22,6 +26,8 @@ docs/results/defenses.md generated from the stored rows.
         --doc docs/results/defenses.md --notes benchmarks/defenses_notes.md
     python benchmarks/defenses.py --parts madry --out results/madry --report \
         --doc docs/results/madry.md
+    python benchmarks/defenses.py --parts madry-transfer --n 100 --out results/madry-transfer \
+        --report --doc docs/results/madry-transfer.md --notes benchmarks/madry_transfer_notes.md
 
 The options ``--n --batch-size --threads --data-dir --out`` are the benchmark harness's
 (``_harness``; ``--models`` must stay mnist-cnn). Images: the first n correctly classified test
@@ -317,6 +323,99 @@ def run_madry(args, results: Results) -> None:
             print(json.dumps(row), flush=True)
 
 
+# ------------------------------------------------------------------ Table 10: madry-transfer
+
+MADRY_SOURCES = ("mnist-cnn", "mnist-cnn-seed1", "mnist-cnn-seed2")
+TABLE10_KAPPAS = (10, 30, 50, 70)
+TABLE10_EPS = tuple(round(0.1 * k, 1) for k in range(1, 11))
+TABLE10_EAD_BETA = 0.01  # the thesis: the best of the betas it tried for transfer
+TABLE10_STEPS = {"PGD": 40, "I-FGM": 10}
+THESIS_TABLE10 = {  # (method, kappa or None) -> {targeted: (ASR %, L1, L2, Linf)}
+    ("PGD", None): {True: (68.5, 188.3, 8.947, 0.6), False: (99.9, 270.5, 13.27, 0.8)},
+    ("I-FGM", None): {True: (75.1, 144.5, 7.406, 0.915), False: (99.8, 199.4, 10.66, 0.9)},
+    ("C&W", 10): {True: (1.1, 34.15, 2.482, 0.548), False: (4.9, 23.23, 1.702, 0.424)},
+    ("C&W", 30): {True: (69.4, 68.14, 4.864, 0.871), False: (71.3, 51.04, 3.698, 0.756)},
+    ("C&W", 50): {True: (92.9, 117.45, 8.041, 0.987), False: (99.1, 78.65, 5.598, 0.937)},
+    ("C&W", 70): {True: (34.8, 169.7, 10.88, 0.994), False: (99, 119.4, 8.097, 0.99)},
+    ("EAD", 10): {True: (27.4, 25.79, 3.209, 0.876), False: (39.9, 19.19, 2.636, 0.8)},
+    ("EAD", 30): {True: (85.8, 49.64, 5.179, 0.995), False: (94.5, 34.28, 4.192, 0.971)},
+    ("EAD", 50): {True: (98.5, 93.46, 7.711, 1), False: (99.6, 57.68, 5.839, 0.999)},
+    ("EAD", 70): {True: (67.2, 148.9, 10.36, 1), False: (99.8, 90.84, 7.719, 1)},
+}  # fmt: skip
+
+
+def _table10_images(sources, target, n: int, data_dir):
+    """The first ``n`` test images that every source and the target classify correctly, and one
+    random other class per image (the thesis's targeted case), drawn from a fixed seed."""
+    x, y = load_dataset("mnist", "test", data_dir)
+    x, y = x[: 20 * n], y[: 20 * n]
+    with torch.no_grad():
+        correct = torch.stack([m(x).argmax(1) == y for m in (*sources, target)]).all(0)
+    x, y = x[correct][:n], y[correct][:n]
+    shift = torch.randint(1, 10, y.shape, generator=torch.Generator().manual_seed(0))
+    return x, y, (y + shift) % 10
+
+
+def _table10_attack(method: str, setting: float) -> tuple[str, float, dict]:
+    """(attack, norm, hyperparameters) of one Table 10 row: C&W / EAD at kappa ``setting``, or
+    PGD / I-FGM-Linf at eps ``setting``, every step taken (the last iterate, as the thesis's)."""
+    if method in ("C&W", "EAD"):
+        attack, norm, hyper = _attack(method, setting)
+        if method == "EAD":
+            hyper = hyper | {"beta": TABLE10_EAD_BETA}
+        return attack, norm, hyper
+    steps = TABLE10_STEPS[method]
+    hyper = {"eps": setting, "steps": steps, "keep": "last"}
+    if method == "PGD":  # Madry et al.: step 2 eps / steps (thesis Sec. 4.3.7.2)
+        return "pgd", INF, hyper | {"step_size": 2 * setting / steps, "random_start": True}
+    return "ifgm", INF, hyper
+
+
+def _table10_plan(args) -> list[tuple[str, float]]:
+    plan = [(m, k) for k in args.kappas or TABLE10_KAPPAS for m in ("EAD", "C&W")]
+    if not args.no_ifgm:
+        plan += [(m, eps) for eps in TABLE10_EPS for m in ("PGD", "I-FGM")]
+    return plan
+
+
+def run_madry_transfer(args, results: Results) -> None:
+    """Thesis Table 10: examples made on an ensemble of three independently trained mnist-cnn
+    (logits averaged), judged on mnist-madry; targeted (a random other class) and untargeted."""
+    target_name = "mnist-madry"
+    target = load(target_name, cache_dir=args.cache_dir, train_if_missing=False)
+    sources = [load(s, cache_dir=args.cache_dir, train_if_missing=False) for s in MADRY_SOURCES]
+    x, y, targets = _table10_images(sources, target, args.n, args.data_dir)
+    for targeted in (True, False):
+        for method, setting in _table10_plan(args):
+            attack, norm, hyper = _table10_attack(method, setting)
+            key = f"madry-transfer/{method}/{setting:g}/{targeted}/{len(y)}/{json.dumps(hyper)}"
+            if key in results:
+                continue
+            result = transfer(
+                sources,
+                target,
+                attack,
+                x,
+                y,
+                source_names=list(MADRY_SOURCES),
+                target_name=target_name,
+                norm=norm,
+                targeted=targeted,
+                targets=targets if targeted else None,
+                hyperparameters=hyper,
+                batch_size=args.batch_size or len(y),
+                progress=False,
+            )
+            s = result.summary
+            row = {"part": "madry-transfer", "method": method, "targeted": targeted}
+            row |= {"kappa": setting} if method in ("C&W", "EAD") else {"eps": setting}
+            row |= {"n": int(s["n"]), "success_rate": s["success_rate"]}
+            row |= {k: s["mean_norms"][k] for k in ("l1", "l2", "linf")}
+            row |= {"seconds_per_sample": s["seconds_per_sample"], "hyperparameters": hyper}
+            results.add(key, row)
+            print(json.dumps(row), flush=True)
+
+
 def _madry_lines(rows: list[dict]) -> list[str]:
     rows = sorted((r for r in rows if r.get("part") == "madry"), key=lambda r: r["train_eps"])
     if not rows:
@@ -348,6 +447,74 @@ def _madry_lines(rows: list[dict]) -> list[str]:
         *_table(headers, cells),
         "",
     ]
+
+
+def _tuned_eps_row(rows: list[dict], method: str, targeted: bool) -> dict | None:
+    """The thesis's choice for PGD and I-FGM: the lowest eps that reached the highest ASR."""
+    sweep = [r for r in rows if r["method"] == method and r["targeted"] == targeted]
+    if not sweep:
+        return None
+    best = max(r["success_rate"] for r in sweep)
+    return min((r for r in sweep if r["success_rate"] == best), key=lambda r: r["eps"])
+
+
+def _table10_cells(r: dict, thesis: dict | None) -> list[str]:
+    setting = f"eps {r['eps']:g}" if "eps" in r else f"kappa {r['kappa']:g}"
+    cells = [r["method"], setting, str(r["n"]), _pct(r["success_rate"])]
+    cells += [_f(r["l1"]), _f(r["l2"]), _f(r["linf"])]
+    values = None if thesis is None else thesis[r["targeted"]]
+    return cells + ["-" if values is None else " / ".join(f"{v:g}" for v in values)]
+
+
+def _madry_transfer_lines(rows: list[dict]) -> list[str]:
+    rows = [r for r in rows if r.get("part") == "madry-transfer"]
+    if not rows:
+        return []
+    lines = [
+        "## Table 10: transfer from an ensemble of three mnist-cnn to mnist-madry",
+        "",
+        f"Sources: {', '.join(MADRY_SOURCES)} (the C&W MNIST CNN, the architecture of "
+        "mnist-madry, trained naturally with seeds 0, 1, 2), logits averaged; examples judged "
+        "on mnist-madry by a fresh forward pass (`advx.evaluation.transfer`). Images: the first "
+        "test images that all four models classify correctly; targeted: one random other class "
+        "per image (seed 0). ASR over all images; distortions averaged over the successful "
+        f"ones. EAD: beta {TABLE10_EAD_BETA:g}, EN rule. PGD ({TABLE10_STEPS['PGD']} steps of "
+        f"2 eps / {TABLE10_STEPS['PGD']}, random start) and I-FGM ({TABLE10_STEPS['I-FGM']} "
+        f"steps of eps / {TABLE10_STEPS['I-FGM']}) in Linf, returning the last iterate, at the "
+        "lowest eps of 0.1, 0.2, ..., 1.0 that reached the highest ASR (as the thesis).",
+        "",
+    ]
+    headers = ["method", "setting", "images", "ASR %", "L1", "L2", "Linf"]
+    headers += ["thesis ASR / L1 / L2 / Linf"]
+    for targeted in (True, False):
+        body = []
+        for method in ("PGD", "I-FGM"):
+            r = _tuned_eps_row(rows, method, targeted)
+            if r is not None:
+                body.append(_table10_cells(r, THESIS_TABLE10[(method, None)]))
+        for method in ("C&W", "EAD"):
+            chosen = [r for r in rows if r["method"] == method and r["targeted"] == targeted]
+            for r in sorted(chosen, key=lambda r: r["kappa"]):
+                body.append(_table10_cells(r, THESIS_TABLE10.get((method, r["kappa"]))))
+        lines += [f"### {'Targeted' if targeted else 'Untargeted'}", ""]
+        lines += _table(headers, body) + [""]
+    sweep = [r for r in rows if "eps" in r]
+    if sweep:
+        grid = sorted({r["eps"] for r in sweep})
+        body = []
+        for method in ("PGD", "I-FGM"):
+            for targeted in (True, False):
+                by_eps = {
+                    r["eps"]: r
+                    for r in sweep
+                    if r["method"] == method and r["targeted"] == targeted
+                }
+                mode = "targeted" if targeted else "untargeted"
+                cells = [_pct(by_eps[e]["success_rate"]) if e in by_eps else "-" for e in grid]
+                body.append([method, mode, *cells])
+        lines += ["### PGD and I-FGM: transfer ASR % against eps", ""]
+        lines += _table(["method", "mode", *(f"{e:g}" for e in grid)], body) + [""]
+    return lines
 
 
 # -------------------------------------------------------------------------------- report
@@ -523,7 +690,7 @@ def _reduced_settings_lines() -> list[str]:
         f"{BUDGET['binary_search_steps']} binary-search steps x {BUDGET['steps']} iterations, "
         f"c_0 = {BUDGET['c_init']}, lr {BUDGET['lr']} for EAD and {CW_LR:g} for C&W (the thesis: "
         "9 x 1000, c_0 = 1e-3, lr 0.01); EAD "
-        "beta 1e-3, EN rule. Distilled models trained on the first 20000 training images for 2 "
+        "beta 1e-3 (Table 10: 0.01), EN rule. Distilled models trained on the first 20000 training images for 2 "
         "epochs (teacher) + 2 epochs (student) instead of the full recipe. Image counts are in "
         "the tables (the thesis: 1000 images for Table 8 and Figure 7, 100 for Table 11).",
         "",
@@ -549,13 +716,14 @@ def write_report(args) -> None:
         f"({platform.machine()}), torch {torch.__version__}, one thread.",
         "",
     ]
-    if parts & {"squeeze", "distill", "transfer"}:
+    if parts & {"squeeze", "distill", "transfer", "madry-transfer"}:
         lines += _reduced_settings_lines()
     sections = {
         "squeeze": _squeeze_lines,
         "distill": _distill_lines,
         "transfer": _transfer_lines,
         "madry": _madry_lines,
+        "madry-transfer": _madry_transfer_lines,
     }
     for part, section in sections.items():
         if part in parts:
@@ -578,11 +746,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = harness.parser(__doc__, models=["mnist-cnn"], n=10, out="results/defenses")
     parser.set_defaults(batch_size=None)
     parser.add_argument(
-        "--parts", nargs="*", default=[], choices=("squeeze", "distill", "transfer", "madry")
+        "--parts",
+        nargs="*",
+        default=[],
+        choices=("squeeze", "distill", "transfer", "madry", "madry-transfer"),
     )
     parser.add_argument("--cache-dir", default=None, help="where the distilled models are")
-    parser.add_argument("--kappas", nargs="*", type=int, help="transfer kappas (in this order)")
-    parser.add_argument("--no-ifgm", action="store_true", help="transfer: skip the I-FGM rows")
+    parser.add_argument(
+        "--kappas", nargs="*", type=int, help="transfer / madry-transfer kappas (in this order)"
+    )
+    parser.add_argument(
+        "--no-ifgm", action="store_true", help="transfer, madry-transfer: skip the I-FGM/PGD rows"
+    )
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--quick", action="store_true", help="tiny budget (smoke test)")
     parser.add_argument("--doc", default="docs/results/defenses.md")
@@ -602,7 +777,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     results = harness.setup(args)  # rows stored under explicit keys (Results.add)
     runners = {"squeeze": run_squeeze, "distill": run_distill, "transfer": run_transfer}
-    runners["madry"] = run_madry
+    runners |= {"madry": run_madry, "madry-transfer": run_madry_transfer}
     if args.quick:  # smoke runs only
         BUDGET.update(binary_search_steps=1, steps=3)
     for part in args.parts:

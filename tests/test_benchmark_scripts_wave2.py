@@ -181,3 +181,50 @@ def test_blackbox_cw_runs_through_the_runner_and_resumes(scripts, tmp_path, monk
     blackbox.main(argv)
     assert len(scripts("_results").Results(tmp_path / "results.jsonl")) == 1
     assert x.shape == (1, 1, 28, 28) and y.shape == (1,)
+
+
+def _table10_row(method, targeted, setting, asr, l1=50.0):
+    row = {"part": "madry-transfer", "method": method, "targeted": targeted, "n": 10}
+    row |= {"kappa": setting} if method in ("C&W", "EAD") else {"eps": setting}
+    row |= {"success_rate": asr, "l1": l1, "l2": 4.0, "linf": 0.5, "seconds_per_sample": 1.0}
+    return row | {"key": f"{method}/{setting}/{targeted}"}
+
+
+def test_defenses_table10_report_tunes_eps_as_the_thesis(scripts, tmp_path):
+    """PGD's row is the lowest eps that reached the highest ASR; C&W / EAD rows per kappa, with
+    the thesis's figures beside them; the eps sweep gets its own table."""
+    rows = [
+        _table10_row("PGD", True, 0.2, 0.5),
+        _table10_row("PGD", True, 0.6, 0.8, l1=80.0),
+        _table10_row("PGD", True, 0.4, 0.8, l1=70.0),
+        _table10_row("EAD", False, 30, 0.9),
+    ]
+    _write_rows(tmp_path / "t10" / "results.jsonl", rows)
+    doc = tmp_path / "t10.md"
+    scripts("defenses").main(["--report", "--out", str(tmp_path / "t10"), "--doc", str(doc)])
+    text = doc.read_text()
+    assert "| PGD | eps 0.4 | 10 | 80.0 | 70 | 4 | 0.5 | 68.5 / 188.3 / 8.947 / 0.6 |" in text
+    assert "| EAD | kappa 30 | 10 | 90.0 | 50 | 4 | 0.5 | 94.5 / 34.28 / 4.192 / 0.971 |" in text
+    assert "| PGD | targeted | 50.0 | 80.0 | 80.0 |" in text
+
+
+def test_defenses_table10_runs_on_stand_in_models_and_resumes(scripts, tmp_path, monkeypatch):
+    """The part end to end with the bundled mnist-cnn standing in for all four models (a
+    transfer from a model to itself is a direct attack): every row stored once, a rerun adds
+    none, targeted rows use one fixed other class per image."""
+    from advx.models import load
+
+    defenses = scripts("defenses")
+    monkeypatch.setattr(defenses, "load", lambda name, **_: load("mnist-cnn"))
+    out = tmp_path / "t10"
+    argv = ["--parts", "madry-transfer", "--quick", "--n", "2", "--kappas", "10", "--out"]
+    defenses.main([*argv, str(out)])
+    stored = (out / "results.jsonl").read_text().splitlines()
+    assert len(stored) == 2 * (2 + 2 * len(defenses.TABLE10_EPS))
+    defenses.main([*argv, str(out)])
+    assert (out / "results.jsonl").read_text().splitlines() == stored
+    rows = [json.loads(line) for line in stored]
+    pgd = {(r["targeted"], r["eps"]): r["success_rate"] for r in rows if r["method"] == "PGD"}
+    assert pgd[(False, 1.0)] == 1.0  # eps 1 reaches any image on the model itself
+    x, y, targets = defenses._table10_images([load("mnist-cnn")], load("mnist-cnn"), 5, DATA)
+    assert (targets != y).all() and len(y) == 5

@@ -110,3 +110,43 @@ def test_train_adversarial_rejects_unknown_attack_setting(capsys):
 def test_train_set_without_adversarial_is_refused(capsys):
     assert main(["train", "mnist-fcnn", "--set", "steps=10"]) == 2
     assert "--adversarial" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["train", "mnist-fcnn", "--save-as", "mnist-mlp"], "another zoo model"),
+        (["train", "mnist-fcnn", "--save-as", "../x"], "plain file name"),
+        (["train", "mnist-madry", "--save-as", "m2"], "only plain training"),
+        (["train", "mnist-fcnn", "--distill", "10", "--save-as", "m2"], "only plain training"),
+    ],
+)
+def test_train_save_as_is_refused_where_it_cannot_apply(argv, match, capsys):
+    assert main(argv) == 2
+    err = _error_line(capsys)
+    assert "--save-as" in err and match in err
+
+
+def test_train_save_as_names_an_independent_run(tmp_path, monkeypatch, capsys):
+    """``--save-as`` keeps the zoo name's recipe and cache file untouched: a second seed lands
+    in its own checkpoint, loadable by its new name."""
+    import torch
+
+    from advx import models
+    from advx.data import load_dataset
+
+    try:
+        load_dataset("mnist", "train")
+    except Exception:  # noqa: BLE001
+        pytest.skip("MNIST training data not available (set ADVX_DATA)")
+    monkeypatch.setenv("ADVX_CACHE", str(tmp_path))
+    argv = ["train", "mnist-fcnn", "--epochs", "1", "--max-samples", "128", "--seed"]
+    assert main([*argv, "1", "--save-as", "mnist-fcnn-seed1"]) == 0
+    assert main([*argv, "2", "--save-as", "mnist-fcnn-seed2"]) == 0
+    assert "mnist-fcnn-seed2" in capsys.readouterr().out
+    assert not (tmp_path / "mnist-fcnn.pt").exists()
+    one = models.load("mnist-fcnn-seed1", cache_dir=tmp_path, train_if_missing=False)
+    two = models.load("mnist-fcnn-seed2", cache_dir=tmp_path, train_if_missing=False)
+    assert isinstance(one, models.MnistFCNN)
+    weights = zip(one.state_dict().values(), two.state_dict().values())
+    assert not all(torch.equal(a, b) for a, b in weights)

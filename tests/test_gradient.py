@@ -146,3 +146,28 @@ def test_probability_model_refused():
     model, x, y = make_problem()
     with pytest.raises(ValueError, match="probabilities"):
         fgm(ProbabilityModel(model), x, y, eps=0.1)
+
+
+def test_keep_last_runs_every_step_to_the_closed_form_corner():
+    """On a two-class linear model the margin's gradient is constant, so each Linf step moves
+    by eps/steps towards the same corner: keep='last' ends at FGM's x + eps sign(grad) exactly,
+    while keep='first' stops at the first adversarial iterate, inside the ball."""
+    model, x, y = make_problem(k=2)
+    eps = 0.2  # inputs lie in [0.3, 0.7]: the box never binds
+    corner = fgm(model, x, y, eps=eps, norm=math.inf, loss="margin")
+    last = ifgm(model, x, y, eps=eps, steps=10, loss="margin", keep="last")
+    first = ifgm(model, x, y, eps=eps, steps=10, loss="margin")
+    assert torch.allclose(last, corner, atol=1e-6)
+    near = minimal_distance(model, x, y, math.inf) < 0.8 * eps
+    assert near.sum() >= 3
+    assert (lp_norm(first - x, math.inf)[near] < eps - 1e-3).all()
+    assert (model(first).argmax(1) != y)[near].all()
+    restarted = pgd(model, x, y, eps=eps, steps=10, step_size=eps / 10, random_start=False,
+                    loss="margin", keep="last")  # fmt: skip
+    assert torch.allclose(restarted, corner, atol=1e-6)
+
+
+def test_bad_keep_raises_naming_the_argument():
+    model, x, y = make_problem()
+    with pytest.raises(ValueError, match="keep"):
+        pgd(model, x, y, eps=0.1, keep="best")

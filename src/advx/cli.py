@@ -160,6 +160,12 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--epochs", type=_positive_int)
     _add_device_seed(train, seed_default=None)
     train.add_argument(
+        "--save-as",
+        metavar="NAME",
+        help="cache name of a plain training run (e.g. mnist-cnn-seed1, the independently "
+        "trained sources of thesis Table 10); default: the zoo name",
+    )
+    train.add_argument(
         "--adversarial", metavar="ATTACK", help="adversarial training on this attack (e.g. ddn)"
     )
     train.add_argument("--max-norm", type=float, help="perturbation limit for adversarial training")
@@ -535,6 +541,25 @@ def _json_safe(value):
 # ------------------------------------------------------------------------------- commands
 
 
+def _check_save_as(args: argparse.Namespace) -> None:
+    """``--save-as``: plain training only, a file name that is not another zoo model's."""
+    from . import models
+    from .defenses.madry import madry_eps
+
+    name = args.save_as
+    if name is None:
+        return
+    if args.adversarial is not None or args.distill is not None or madry_eps(args.name):
+        raise UsageError(
+            "--save-as: only plain training takes it (adversarial, distilled and Madry models "
+            "are named by their recipe)"
+        )
+    if not name or name != Path(name).name or name.startswith("."):
+        raise UsageError(f"--save-as: expected a plain file name, got {name!r}")
+    if name != args.name and name in models.MODELS:
+        raise UsageError(f"--save-as: {name!r} is another zoo model's name; choose a new one")
+
+
 def _command_train(args: argparse.Namespace) -> int:
     from . import models
     from .defenses.madry import madry_eps
@@ -544,6 +569,7 @@ def _command_train(args: argparse.Namespace) -> int:
             models.get_spec(args.name)
         except ValueError as error:
             raise UsageError(f"name: {error}") from None
+    _check_save_as(args)
     device = resolve_device(args.device)
     common = {
         "epochs": args.epochs,
@@ -563,8 +589,11 @@ def _command_train(args: argparse.Namespace) -> int:
         elif args.adversarial is None:
             if args.settings or args.max_norm is not None:
                 raise UsageError("--set and --max-norm need --adversarial ATTACK")
-            saved = args.name
-            model, metrics = models.train(args.name, args.data_dir, device=device, **common)
+            saved = args.save_as or args.name
+            checkpoint = models.resolve_cache_dir() / f"{saved}.ckpt"
+            model, metrics = models.train(
+                args.name, args.data_dir, device=device, save_as=args.save_as, **common
+            )
         else:
             if device.type != "cpu":
                 raise UsageError("--device: adversarial training runs on the CPU only")

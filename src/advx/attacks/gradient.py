@@ -28,6 +28,13 @@ from ._core import (
 )
 
 L1_STEPS = ("steepest", "normalized")
+KEEP = ("first", "last")
+
+
+def _check_keep(keep: str) -> None:
+    """``keep`` of the iterative attacks: which iterate a sample returns."""
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {KEEP}, got {keep!r}")
 
 
 def _direction(grad: Tensor, p: float, l1_step: str) -> Tensor:
@@ -112,9 +119,11 @@ def _projected_ascent(
     targeted: bool,
     loss: str,
     l1_sparsity: float,
+    keep: str = "first",
 ) -> tuple[Tensor, Tensor]:
-    """Run projected steepest ascent; return (last iterate, the first adversarial iterate or the
-    last one where none succeeded, per sample) and the success mask."""
+    """Run projected steepest ascent; return, per sample, the first adversarial iterate (the
+    last one where none succeeded) or, with ``keep='last'``, the last iterate, and the success
+    mask of what is returned."""
     x = start.clone()
     found = torch.zeros(inputs.shape[0], dtype=torch.bool, device=inputs.device)
     kept = x.clone()
@@ -131,6 +140,8 @@ def _projected_ascent(
         x = clip_box(inputs + delta).detach()
     with torch.no_grad():
         last_success = is_adversarial(model(x), labels, targeted)
+    if keep == "last":
+        return x, last_success
     kept = torch.where(view_like(found, x), kept, x)
     kept = torch.where(view_like(last_success & ~found, x), x, kept)
     return kept, found | last_success
@@ -151,6 +162,7 @@ def pgd(
     targeted: bool = False,
     loss: str = "ce",
     l1_sparsity: float = 0.01,
+    keep: str = "first",
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Projected gradient descent (Madry et al. 2018): from a random point of the eps-ball, repeat
@@ -159,12 +171,15 @@ def pgd(
 
     ``step_size`` defaults to 2.5 * eps / steps; ``restarts`` runs again from new random starts on
     the samples not yet fooled. Returns, per sample, the first adversarial iterate found, else the
-    final iterate: every output lies in the budget and in [0, 1]. ``eps`` may be an (N,) tensor.
+    final iterate; ``keep='last'`` runs every step and returns the final iterate, as Madry et
+    al.'s PGD does (further past the boundary: the examples of transfer attacks, thesis Table
+    10). Every output lies in the budget and in [0, 1]. ``eps`` may be an (N,) tensor.
     """
     p = parse_norm(norm)
     check_int(steps, "steps", 0)
     check_int(restarts, "restarts", 1)
     check_positive(l1_sparsity, "l1_sparsity")
+    _check_keep(keep)
     validate(model, inputs, labels)
     radius = per_sample(eps, inputs, "eps")
     alpha = (
@@ -184,7 +199,7 @@ def pgd(
             if random_start:
                 start = clip_box(x0 + _random_start(x0, r, p, generator))
             adv, success = _projected_ascent(
-                model, x0, y, start, r, p, steps, alpha[todo], targeted, loss, l1_sparsity
+                model, x0, y, start, r, p, steps, alpha[todo], targeted, loss, l1_sparsity, keep
             )
             if restart == 0:
                 best[todo] = adv
@@ -206,10 +221,12 @@ def ifgm(
     step_size: EpsLike | None = None,
     targeted: bool = False,
     loss: str = "ce",
+    keep: str = "first",
 ) -> Tensor:
     """Iterative FGM / basic iterative method (Kurakin et al. 2017): ``steps`` gradient steps of
     size ``step_size`` (default eps/steps) from the clean input, each followed by projection onto
-    the eps-ball and the box. Alias: ``bim``. Equals ``pgd`` without random start."""
+    the eps-ball and the box. Alias: ``bim``. Equals ``pgd`` without random start (``keep``: as
+    for ``pgd``)."""
     check_int(steps, "steps", 1)
     if step_size is None:
         step_size = eps / steps
@@ -224,6 +241,7 @@ def ifgm(
         random_start=False,
         targeted=targeted,
         loss=loss,
+        keep=keep,
     )
 
 
