@@ -17,7 +17,7 @@ DATA = os.environ.get("ADVX_DATA", str(Path(__file__).parents[2] / "shared" / "d
 needs_mnist = pytest.mark.skipif(
     not (Path(DATA) / "MNIST").is_dir(), reason="MNIST not available (set ADVX_DATA)"
 )
-SCRIPTS = ("ead", "defenses", "blackbox", "linear_region", "_harness", "_results")
+SCRIPTS = ("ead", "ead_training", "defenses", "blackbox", "linear_region", "_harness", "_results")
 
 
 @pytest.fixture
@@ -228,3 +228,40 @@ def test_defenses_table10_runs_on_stand_in_models_and_resumes(scripts, tmp_path,
     assert pgd[(False, 1.0)] == 1.0  # eps 1 reaches any image on the model itself
     x, y, targets = defenses._table10_images([load("mnist-cnn")], load("mnist-cnn"), 5, DATA)
     assert (targets != y).all() and len(y) == 5
+
+
+def test_table7_augmentation_mixes_every_example_in_once_per_epoch(scripts):
+    """60 training images in batches of 12 with 15 examples: 3 examples join each batch, and
+    after one epoch (5 batches) every example was used exactly once; labels travel along."""
+    import torch
+
+    augmenting = scripts("ead_training").augmenting
+    extra_x = torch.arange(15.0).view(15, 1, 1, 1).expand(15, 1, 2, 2).contiguous()
+    extra_y = torch.arange(15) % 10
+    transform = augmenting(extra_x, extra_y, n_train=60)
+    seen = []
+    for _ in range(5):
+        x, y = transform(None, torch.full((12, 1, 2, 2), -1.0), torch.zeros(12, dtype=torch.long))
+        assert x.shape == (15, 1, 2, 2) and y.shape == (15,)
+        assert (x[:12] == -1).all() and (y[:12] == 0).all()
+        index = x[12:, 0, 0, 0].long()
+        assert torch.equal(y[12:], extra_y[index])
+        seen += index.tolist()
+    assert sorted(seen) == list(range(15))
+    with pytest.raises(ValueError, match="extra_x"):
+        augmenting(extra_x[:3], extra_y, n_train=60)
+
+
+def test_table7_report_sets_each_row_beside_the_thesis(scripts, tmp_path):
+    ead_training = scripts("ead_training")
+    row = {"key": "k", "training": "EAD", "model": ead_training.model_name("EAD")}
+    row |= {"attack": "C&W (L2)", "n": 100, "pairs": 900, "test_accuracy": 0.99}
+    row |= {"average": {"success_rate": 1.0, "l1": 25.0, "l2": 2.5, "linf": 0.6}}
+    row |= {"seconds_per_pair": 0.1, "torch": "x", "date": "2026-12-03 10:00 UTC"}
+    _write_rows(tmp_path / "t7" / "results.jsonl", [row])
+    doc = tmp_path / "t7.md"
+    ead_training.main(["--report", "--out", str(tmp_path / "t7"), "--doc", str(doc)])
+    text = doc.read_text()
+    assert ead_training.model_name("EAD + C&W") == "mnist-cnn-t7-ead-cw"
+    assert "| C&W (L2) | EAD | mnist-cnn-t7-ead | 99.00 | 900 | 100.0 | 25.00 | 2.500 | " in text
+    assert "100 / 26.11 / 2.468 / 0.643 |" in text

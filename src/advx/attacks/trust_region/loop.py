@@ -95,6 +95,12 @@ class TrustRegionSettings:
     final_search: int = 10
 
 
+def fold_rho(rho: Tensor) -> Tensor:
+    """min(rho, 1/rho): how far the actual change of the margin was from its linear model's
+    prediction, on either side of 1 (1: exact; NaN stays NaN)."""
+    return torch.where(rho > 1, 1 / rho, rho)
+
+
 def update_radius(
     radius: Tensor,
     rho: Tensor,
@@ -131,7 +137,7 @@ def update_radius(
         (N,) the new radii, a new tensor.
     """
     if two_sided:
-        rho = torch.where(rho > 1, 1 / rho, rho)
+        rho = fold_rho(rho)
     grow = torch.minimum(radius * eta, torch.as_tensor(radius_max, dtype=radius.dtype))
     shrink = torch.maximum(radius / eta, torch.as_tensor(radius_min, dtype=radius.dtype))
     return torch.where(rho > sigma1, grow, torch.where(rho < sigma2, shrink, radius))
@@ -386,7 +392,7 @@ def run_iterations(
         if it > 0:  # Algorithm 1: rho = actual / predicted change of z_t - z_i
             f_new = logits.gather(1, down[idx, None]) - logits.gather(1, up[idx, None])
             rho = (f_new.squeeze(1) - f_prev[idx]) / predicted[idx]
-            inaccurate[idx] = ~(torch.where(rho > 1, 1 / rho, rho) >= _ACCURATE)
+            inaccurate[idx] = ~(fold_rho(rho) >= _ACCURATE)
             if s.adaptive:
                 radius[idx] = update_radius(
                     radius[idx], rho, **rule, radius_min=rmin[idx], radius_max=rmax[idx]
