@@ -18,12 +18,15 @@ average case over the first test images). Three steps here, each resumable:
 3. ``attack``: C&W and EAD (L1 rule) on every model, the first ``--n`` correctly classified test
    images x 9 targets; rows appended to ``<out>/results.jsonl`` (a rerun skips them).
 
-    python benchmarks/ead_training.py --n 100 --train-images 1000 --out results/ead-training
+    python benchmarks/ead_training.py --n 100 --train-images 1000 --out results/ead-training \
+        [--search 4 --steps 150]
     python benchmarks/ead_training.py --report --out results/ead-training \
         --doc docs/results/ead-training.md
 
-Budget (2 shared cores): C&W and EAD with 4 binary-search steps x 150 iterations, c_0 = 1,
-lr 0.01 (C&W 0.1), as the defense benchmarks; the thesis: 9 x 1000, c_0 = 1e-3, lr 0.01.
+Budget (2 shared cores): C&W and EAD with ``--search`` binary-search steps (4) x ``--steps``
+iterations (150), c_0 = 1, lr 0.01 (C&W 0.1), as the defense benchmarks; the thesis: 9 x 1000,
+c_0 = 1e-3, lr 0.01. The crafting chunks and the retrained models are tied to their budget and
+image count only by ``--out`` and the models' recipes: a new budget needs a new ``--out``.
 """
 
 from __future__ import annotations
@@ -45,10 +48,16 @@ from advx.models import load, train
 
 SOURCE = "mnist-cnn"
 BUDGET = {"binary_search_steps": 4, "steps": 150, "c_init": 1.0, "lr": 0.01}
-ATTACKS = {  # label -> (attack, norm, hyperparameters)
-    "C&W (L2)": ("cw-l2", 2.0, BUDGET | {"lr": 0.1}),
-    "EAD (L1 rule)": ("ead", 1.0, BUDGET | {"beta": 1e-3, "decision_rule": "l1"}),
-}
+
+
+def attacks(budget: dict) -> dict[str, tuple]:
+    """label -> (attack, norm, hyperparameters) of the two attacks at ``budget``."""
+    return {
+        "C&W (L2)": ("cw-l2", 2.0, budget | {"lr": 0.1}),
+        "EAD (L1 rule)": ("ead", 1.0, budget | {"beta": 1e-3, "decision_rule": "l1"}),
+    }
+
+
 CRAFT_METHODS = {"C&W": "C&W (L2)", "EAD": "EAD (L1 rule)"}
 AUGMENTATIONS = {"EAD": ("EAD",), "C&W": ("C&W",), "EAD + C&W": ("EAD", "C&W")}
 THESIS_TABLE7 = {  # (attack, adversarial training) -> average case (ASR %, L1, L2, Linf)
@@ -87,7 +96,7 @@ def craft(args, method: str) -> tuple[Tensor, Tensor]:
     already on disk are read, the others made and written as they finish."""
     model = load(SOURCE, args.data_dir, train_if_missing=False)
     x, y = training_images(model, args.train_images, args.data_dir)
-    attack, norm, hyper = ATTACKS[CRAFT_METHODS[method]]
+    attack, norm, hyper = attacks(args.budget)[CRAFT_METHODS[method]]
     folder = Path(args.out) / "craft"
     folder.mkdir(parents=True, exist_ok=True)
     pieces = []
@@ -153,7 +162,7 @@ def retrain(args, augmentation: str, examples: dict[str, tuple[Tensor, Tensor]])
     extra_y = torch.cat([examples[m][1] for m in AUGMENTATIONS[augmentation]])
     n_train = len(load_dataset("mnist", "train", args.data_dir)[1])
     recipe = {"table7": augmentation, "examples": len(extra_y), "images": args.train_images}
-    recipe["budget"] = BUDGET
+    recipe["budget"] = args.budget
     _model, metrics = train(
         SOURCE, args.data_dir, save_as=name, recipe_extra=recipe, progress=False,
         batch_transform=augmenting(extra_x, extra_y, n_train),
@@ -170,7 +179,7 @@ def evaluate(args, results, training: str, name: str) -> None:
     classes of its first ``args.n`` correctly classified test images; average case stored."""
     model = load(name, args.data_dir, train_if_missing=False)
     x, y, _ = harness.correct_test_images(model, "mnist", args.n, args.data_dir)
-    for label, (attack, norm, hyper) in ATTACKS.items():
+    for label, (attack, norm, hyper) in attacks(args.budget).items():
         key = f"table7/{training}/{label}/{len(y)}/{json.dumps(hyper)}"
         if key in results:
             continue
@@ -181,6 +190,7 @@ def evaluate(args, results, training: str, name: str) -> None:
         s = result.summary
         row = {"training": training, "model": name, "attack": label, "n": len(y)}
         row |= {"pairs": int(s["n"]), "average": s["target_cases"]["average"]}
+        row["hyperparameters"] = hyper
         row |= {"seconds_per_pair": s["seconds_per_sample"], "torch": torch.__version__}
         row |= {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         with torch.no_grad():
@@ -241,6 +251,18 @@ def _craft_lines(out: Path) -> list[str]:
     return lines
 
 
+def _budget_text(rows: list[dict]) -> str:
+    budgets = {json.dumps(r["hyperparameters"], sort_keys=True) for r in rows}
+    if not budgets:
+        return "(no rows)"
+    texts = []
+    for text in sorted(budgets):
+        h = json.loads(text)
+        texts.append(f"{h['binary_search_steps']} binary-search steps x {h['steps']} iterations, "
+                     f"c_0 = {h['c_init']:g}, lr {h['lr']:g}")  # fmt: skip
+    return "; ".join(texts) + " (C&W / EAD rows)"
+
+
 def write_report(args) -> None:
     out = Path(args.out)
     rows = list(harness.setup(args).values())
@@ -256,8 +278,8 @@ def write_report(args) -> None:
         f"{dates[0] if dates else '?'} to {dates[-1] if dates else '?'}.",
         "",
         "Average case over all 9 targets of the first correctly classified MNIST test images of "
-        "each model. C&W and EAD with 4 binary-search steps x 150 iterations, c_0 = 1, lr 0.01 "
-        "(C&W 0.1); the thesis: 9 x 1000, c_0 = 1e-3, lr 0.01, its own MNIST CNN.",
+        f"each model. C&W and EAD with {_budget_text(rows)}; the thesis: 9 binary-search steps "
+        "x 1000 iterations, c_0 = 1e-3, lr 0.01, its own MNIST CNN, 1000 training images.",
         "",
         *_table7_lines(rows),
         "",
@@ -278,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = harness.parser(__doc__, models=[SOURCE], n=100, out="results/ead-training", batch=450)
     parser.add_argument("--train-images", type=int, default=1000, help="images attacked (x 9)")
     parser.add_argument("--chunk", type=int, default=100, help="images per stored craft chunk")
+    parser.add_argument("--search", type=int, default=4, help="binary-search steps (C&W, EAD)")
+    parser.add_argument("--steps", type=int, default=150, help="iterations per search step")
     parser.add_argument("--report", action="store_true", help="write the Markdown page only")
     parser.add_argument("--doc", default="docs/results/ead-training.md")
     parser.add_argument("--notes", default="benchmarks/ead_training_notes.md")
@@ -290,9 +314,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.models != [SOURCE]:
         parser.error(f"--models: Table 7 retrains {SOURCE} only")
-    for option in ("n", "train_images", "chunk", "batch_size"):
+    for option in ("n", "train_images", "chunk", "batch_size", "search", "steps"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')}: expected an integer >= 1")
+    args.budget = BUDGET | {"binary_search_steps": args.search, "steps": args.steps}
     if args.report:
         write_report(args)
     else:

@@ -258,6 +258,7 @@ def test_table7_report_sets_each_row_beside_the_thesis(scripts, tmp_path):
     row |= {"attack": "C&W (L2)", "n": 100, "pairs": 900, "test_accuracy": 0.99}
     row |= {"average": {"success_rate": 1.0, "l1": 25.0, "l2": 2.5, "linf": 0.6}}
     row |= {"seconds_per_pair": 0.1, "torch": "x", "date": "2026-12-03 10:00 UTC"}
+    row["hyperparameters"] = {"binary_search_steps": 3, "steps": 100, "c_init": 1.0, "lr": 0.1}
     _write_rows(tmp_path / "t7" / "results.jsonl", [row])
     doc = tmp_path / "t7.md"
     ead_training.main(["--report", "--out", str(tmp_path / "t7"), "--doc", str(doc)])
@@ -265,3 +266,4 @@ def test_table7_report_sets_each_row_beside_the_thesis(scripts, tmp_path):
     assert ead_training.model_name("EAD + C&W") == "mnist-cnn-t7-ead-cw"
     assert "| C&W (L2) | EAD | mnist-cnn-t7-ead | 99.00 | 900 | 100.0 | 25.00 | 2.500 | " in text
     assert "100 / 26.11 / 2.468 / 0.643 |" in text
+    assert "3 binary-search steps x 100 iterations, c_0 = 1, lr 0.1" in text
