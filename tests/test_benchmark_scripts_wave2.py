@@ -187,6 +187,7 @@ def _table10_row(method, targeted, setting, asr, l1=50.0):
     row = {"part": "madry-transfer", "method": method, "targeted": targeted, "n": 10}
     row |= {"kappa": setting} if method in ("C&W", "EAD") else {"eps": setting}
     row |= {"success_rate": asr, "l1": l1, "l2": 4.0, "linf": 0.5, "seconds_per_sample": 1.0}
+    row["source_success_rate"] = 1.0
     return row | {"key": f"{method}/{setting}/{targeted}"}
 
 
@@ -203,8 +204,11 @@ def test_defenses_table10_report_tunes_eps_as_the_thesis(scripts, tmp_path):
     doc = tmp_path / "t10.md"
     scripts("defenses").main(["--report", "--out", str(tmp_path / "t10"), "--doc", str(doc)])
     text = doc.read_text()
-    assert "| PGD | eps 0.4 | 10 | 80.0 | 70 | 4 | 0.5 | 68.5 / 188.3 / 8.947 / 0.6 |" in text
-    assert "| EAD | kappa 30 | 10 | 90.0 | 50 | 4 | 0.5 | 94.5 / 34.28 / 4.192 / 0.971 |" in text
+    assert (
+        "| PGD | eps 0.4 | 10 | 100.0 | 80.0 | 70 | 4 | 0.5 | 68.5 / 188.3 / 8.947 / 0.6 |" in text
+    )
+    row = "| EAD | kappa 30 | 10 | 100.0 | 90.0 | 50 | 4 | 0.5 | 94.5 / 34.28 / 4.192 / 0.971 |"
+    assert row in text
     assert "| PGD | targeted | 50.0 | 80.0 | 80.0 |" in text
 
 
@@ -226,6 +230,11 @@ def test_defenses_table10_runs_on_stand_in_models_and_resumes(scripts, tmp_path,
     rows = [json.loads(line) for line in stored]
     pgd = {(r["targeted"], r["eps"]): r["success_rate"] for r in rows if r["method"] == "PGD"}
     assert pgd[(False, 1.0)] == 1.0  # eps 1 reaches any image on the model itself
+    # the target is the source: what fools one fools the other, but for an example left on
+    # the boundary (I-FGM's last iterate) whose argmax the rounding of the mean of three equal
+    # logits may flip
+    differ = [r for r in rows if r["source_success_rate"] != r["success_rate"]]
+    assert len(differ) <= 2, differ
     x, y, targets = defenses._table10_images([load("mnist-cnn")], load("mnist-cnn"), 5, DATA)
     assert (targets != y).all() and len(y) == 5
 
