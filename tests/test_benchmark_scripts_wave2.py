@@ -275,4 +275,5 @@ def test_table7_report_sets_each_row_beside_the_thesis(scripts, tmp_path):
     assert ead_training.model_name("EAD + C&W") == "mnist-cnn-t7-ead-cw"
     assert "| C&W (L2) | EAD | mnist-cnn-t7-ead | 99.00 | 900 | 100.0 | 25.00 | 2.500 | " in text
     assert "100 / 26.11 / 2.468 / 0.643 |" in text
-    assert "3 binary-search steps x 100 iterations, c_0 = 1, lr 0.1" in text
+    assert "C&W (L2): 3 binary-search steps x 100 iterations, c_0 = 1, lr 0.1" in text
+    assert "--search 3 --steps 100" in text
