@@ -306,3 +306,53 @@ def test_bad_arguments_name_the_argument(kwargs, name):
     net = _mlp(0)
     with pytest.raises(ValueError, match=name):
         linear_region(net, torch.rand(2, 6), torch.zeros(2, dtype=torch.long), **kwargs)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_first_layer_bounds_over_box_and_ball_match_slsqp(seed):
+    """verify._ball_box_minimum: min c.delta over the box [-x, 1 - x] and the L2 ball of radius
+    r, against SLSQP, with radii where the ball binds and where the box's corner is inside it."""
+    from advx.verify import _ball_box_minimum
+
+    rng = np.random.default_rng(seed)
+    d = 8
+    x = rng.choice([0.0, 1.0, 0.3, 0.8], size=d)
+    c = rng.normal(size=(3, d))
+    for r in (0.2, 0.7, 5.0):
+        ours = _ball_box_minimum(c, -x, 1 - x, r)
+        for j in range(3):
+            ref = minimize(
+                lambda v, j=j: c[j] @ v,
+                np.zeros(d),
+                jac=lambda v, j=j: c[j],
+                constraints=[
+                    {"type": "ineq", "fun": lambda v, r=r: r * r - v @ v, "jac": lambda v: -2 * v}
+                ],  # fmt: skip
+                bounds=list(zip(-x, 1 - x)),
+                method="SLSQP",
+                options={"ftol": 1e-12, "maxiter": 500},
+            )
+            assert ref.success
+            assert ours[j] == pytest.approx(ref.fun, rel=1e-5, abs=1e-7)
+
+
+def test_branching_picks_the_most_violated_relu_and_stops_at_an_exact_point():
+    """verify._branching_variable: the unfixed ReLU whose relaxed output is furthest above
+    max(0, pre-activation); None once every ReLU holds exactly and every binary is integral."""
+    from advx.verify import _branching_variable, _Problem
+
+    prob = _Problem()
+    z = prob.add_many([0.0, 0.0], [1.0, 1.0])
+    posts = prob.add_many([0.0, 0.0], [2.0, 2.0])
+    binaries = np.array([prob.add(0, 1, integer=True), prob.add(0, 1, integer=True)])
+    w = np.array([[1.0, -1.0], [1.0, 1.0]])
+    for j in range(2):
+        prob.relus.append((binaries[j], posts[j], z, w[j], -0.5))
+    sol = np.zeros(len(prob.cost))
+    sol[z] = [0.5, 0.25]  # pre-activations -0.25 and 0.25
+    sol[posts] = [0.3, 0.4]  # violations 0.3 and 0.15
+    sol[binaries] = [0.5, 0.5]
+    assert _branching_variable(prob, sol, binaries, {}) == binaries[0]
+    assert _branching_variable(prob, sol, binaries, {int(binaries[0]): 0.0}) == binaries[1]
+    sol[posts] = [0.0, 0.25]  # both ReLUs exact: the relaxation's point is the network's
+    assert _branching_variable(prob, sol, binaries, {}) is None
