@@ -454,8 +454,9 @@ def _solve_bnb(prob: _Problem, layout: dict, spec: _Spec, time_limit: float, lim
     elsewhere; best-first, branching on the most violated ReLU (``_branching_variable``); a node
     whose relaxed point meets every ReLU is solved by it. Every variable v other than z carries
     a proximal weight RHO / ub_v^2 (DAQP needs a definite Hessian); the node bound subtracts
-    sum_v RHO, the most those weights can add, so it stays a valid lower bound. Where DAQP fails, HiGHS's QP solver takes the node without the weights. Returns the point, the
-    lower bound on the squared norm, solved, infeasible and the node count."""
+    sum_v RHO, the most those weights can add, so it stays a valid lower bound. Where DAQP
+    fails, HiGHS's QP solver takes the node without the weights. Returns the point, the lower
+    bound on the squared norm, solved, infeasible and the node count."""
     import heapq
 
     import qpsolvers
