@@ -356,3 +356,35 @@ def test_branching_picks_the_most_violated_relu_and_stops_at_an_exact_point():
     assert _branching_variable(prob, sol, binaries, {int(binaries[0]): 0.0}) == binaries[1]
     sol[posts] = [0.0, 0.25]  # both ReLUs exact: the relaxation's point is the network's
     assert _branching_variable(prob, sol, binaries, {}) is None
+
+
+def test_daqp_wrapper_tells_infeasible_from_solved():
+    """verify._daqp: the optimum of a small ranged QP, and DAQP's infeasibility flag."""
+    from advx.verify import DAQP_INFEASIBLE, _daqp
+
+    a = np.array([[1.0, 1.0]])
+    x, flag = _daqp(np.ones(2), np.array([-1.0, 0.0]), a, np.array([1.5]), np.array([2.0]),
+                    np.zeros(2), np.ones(2))  # fmt: skip
+    assert flag > 0
+    assert x == pytest.approx([1.0, 0.5], abs=1e-8)  # min |v - (1, 0)|^2, v1 + v2 >= 1.5
+    _, flag = _daqp(np.ones(2), np.zeros(2), a, np.array([3.0]), np.array([4.0]),
+                    np.zeros(2), np.ones(2))  # fmt: skip
+    assert flag == DAQP_INFEASIBLE
+
+
+def test_mip_never_claims_optimal_when_a_relaxation_fails(monkeypatch):
+    """A node that neither DAQP nor HiGHS can solve is never pruned: the L2 MIP then reports a
+    time limit with a lower bound at most the true minimum, not a false optimum."""
+    import qpsolvers
+
+    import advx.verify as verify
+
+    net = _two_input_net()
+    x = torch.tensor([[0.3, 0.6]], dtype=torch.float64)
+    with torch.no_grad():
+        label = net(x).argmax(1)
+    monkeypatch.setattr(verify, "_daqp", lambda *args: (None, -4))  # iteration limit
+    monkeypatch.setattr(qpsolvers, "solve_qp", lambda *args, **kwargs: None)
+    res = minimal_perturbation(net, x, label, norm=2, time_limit=30)
+    assert res.status[0] == "time_limit"
+    assert float(res.lower_bounds[0]) <= _grid_minimum(net, x[0], int(label[0]), 2) + 1e-9

@@ -45,6 +45,7 @@ from .attacks.linear_region.geometry import float64_layers
 
 AFFINE = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten)
 RHO = 1e-7
+DAQP_INFEASIBLE = -1
 """Proximal weight of the branch and bound's QP relaxations for the variables other than z
 (scaled by 1 / ub^2 per variable, so the bound correction is RHO per variable)."""
 MIP_HEURISTICS = ("rins", "rens", "root_reduced_cost", "feasibility_jump")
@@ -488,32 +489,42 @@ def _solve_bnb(prob: _Problem, layout: dict, spec: _Spec, time_limit: float, lim
     exact[z_idx] = 1.0
 
     def relax(fix: dict):
-        """The node relaxation: DAQP with the proximal weights (bound lowered by ``slack``),
-        and HiGHS's QP solver without them where DAQP fails."""
+        """The node relaxation: (point, lower bound on the squared norm, status), status
+        "ok", "infeasible" (DAQP proved it) or "failed" (no solver could tell). DAQP with the
+        proximal weights (its bound lowered by ``slack``), then HiGHS's QP solver without them
+        (within the time left) where DAQP fails for another reason than infeasibility."""
         lb, ub = lb0.copy(), upper_b.copy()
         for j, v in fix.items():
             lb[j] = ub[j] = v
-        for solver, weights, correction in (("daqp", diag, slack), ("highs", exact, 0.0)):
-            try:
-                sol = qpsolvers.solve_qp(
-                    np.diag(weights) if solver == "daqp" else sp.diags(weights, format="csc"),
-                    q, g if solver == "daqp" else sp.csc_matrix(g), h,
-                    a_eq if solver == "daqp" or a_eq is None else sp.csc_matrix(a_eq), b_eq,
-                    lb=lb, ub=ub, solver=solver,
-                )  # fmt: skip
-            except Exception:
-                sol = None
-            if sol is not None:
-                zs = sol[z_idx]
-                return sol, float(zs @ zs - 2 * spec.x @ zs + const) - correction
-        return None, INF
+        sol, flag = _daqp(diag, q, a, row_lo, row_hi, lb, ub)
+        if flag > 0:
+            zs = sol[z_idx]
+            return sol, float(zs @ zs - 2 * spec.x @ zs + const) - slack, "ok"
+        if flag == DAQP_INFEASIBLE:
+            return None, INF, "infeasible"
+        left = max(time_limit - (time.perf_counter() - started), 1e-3)
+        try:
+            sol = qpsolvers.solve_qp(
+                sp.diags(exact, format="csc"), q, sp.csc_matrix(g), h,
+                None if a_eq is None else sp.csc_matrix(a_eq), b_eq,
+                lb=lb, ub=ub, solver="highs", time_limit=float(left),
+            )  # fmt: skip
+        except Exception:
+            sol = None
+        if sol is None:
+            return None, INF, "failed"
+        zs = sol[z_idx]
+        return sol, float(zs @ zs - 2 * spec.x @ zs + const), "ok"
 
     started = time.perf_counter()
     best, best_z = limit, None
-    sol, bound = relax({})
+    unresolved = INF  # the least bound of the nodes whose relaxation no solver could solve
     heap, counter, nodes = [], 0, 0
-    if sol is not None:
+    sol, bound, state = relax({})
+    if state == "ok":
         heapq.heappush(heap, (bound, counter, {}, sol))
+    elif state == "failed":
+        unresolved = 0.0
     lower = INF if sol is None else bound
     while heap:
         bound, _, fix, sol = heapq.heappop(heap)
@@ -536,10 +547,14 @@ def _solve_bnb(prob: _Problem, layout: dict, spec: _Spec, time_limit: float, lim
         for v in (0.0, 1.0):
             child = dict(fix)
             child[j] = v
-            csol, cbound = relax(child)
-            if csol is not None and cbound < best * (1 - spec.gap):
+            csol, cbound, state = relax(child)
+            if state == "failed":  # never pruned unproven: the parent's bound stays open
+                unresolved = min(unresolved, bound)
+            elif state == "ok" and cbound < best * (1 - spec.gap):
                 counter += 1
                 heapq.heappush(heap, (cbound, counter, child, csol))
+    if unresolved < best * (1 - spec.gap):
+        heapq.heappush(heap, (unresolved, -1, {}, None))
     if heap:
         lower = min(heap[0][0], best)
     solved = not heap
@@ -547,6 +562,23 @@ def _solve_bnb(prob: _Problem, layout: dict, spec: _Spec, time_limit: float, lim
     if not solved:
         lower = min(lower, best)
     return best_z, float(max(lower, 0.0) if not infeasible else INF), solved, infeasible, nodes
+
+
+def _daqp(diag, q, a, row_lo, row_hi, lb, ub) -> tuple[np.ndarray | None, int]:
+    """min 1/2 v' diag(d) v + q'v s.t. row_lo <= A v <= row_hi, lb <= v <= ub with DAQP's own
+    interface (ranged rows; equality rows flagged), returning its exit flag, which tells a proven
+    infeasible node (DAQP_INFEASIBLE) from a failure, unlike qpsolvers' None."""
+    from ctypes import c_int
+
+    import daqp
+
+    n = len(q)
+    upper = np.concatenate([ub, np.where(np.isfinite(row_hi), row_hi, 1e30)])
+    lower = np.concatenate([lb, np.where(np.isfinite(row_lo), row_lo, -1e30)])
+    sense = np.zeros(n + a.shape[0], dtype=c_int)
+    sense[n:][row_lo == row_hi] = 5  # DAQP: an equality constraint
+    x, _, flag, _ = daqp.solve(np.diag(diag), q, a, upper, lower, sense)
+    return (x if flag > 0 else None), int(flag)
 
 
 def _branching_variable(prob: _Problem, sol: np.ndarray, binaries: np.ndarray, fix: dict):
