@@ -363,11 +363,11 @@ def test_daqp_wrapper_tells_infeasible_from_solved():
     from advx.verify import DAQP_INFEASIBLE, _daqp
 
     a = np.array([[1.0, 1.0]])
-    x, flag = _daqp(np.ones(2), np.array([-1.0, 0.0]), a, np.array([1.5]), np.array([2.0]),
+    x, flag = _daqp(np.eye(2), np.array([-1.0, 0.0]), a, np.array([1.5]), np.array([2.0]),
                     np.zeros(2), np.ones(2))  # fmt: skip
     assert flag > 0
     assert x == pytest.approx([1.0, 0.5], abs=1e-8)  # min |v - (1, 0)|^2, v1 + v2 >= 1.5
-    _, flag = _daqp(np.ones(2), np.zeros(2), a, np.array([3.0]), np.array([4.0]),
+    _, flag = _daqp(np.eye(2), np.zeros(2), a, np.array([3.0]), np.array([4.0]),
                     np.zeros(2), np.ones(2))  # fmt: skip
     assert flag == DAQP_INFEASIBLE
 

@@ -45,9 +45,10 @@ from .attacks.linear_region.geometry import float64_layers
 
 AFFINE = (nn.Linear, nn.Conv2d, nn.AvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.Flatten)
 RHO = 1e-7
-DAQP_INFEASIBLE = -1
 """Proximal weight of the branch and bound's QP relaxations for the variables other than z
 (scaled by 1 / ub^2 per variable, so the bound correction is RHO per variable)."""
+DAQP_INFEASIBLE = -1
+"""DAQP's exit flag for a problem it proved infeasible (other negative flags are failures)."""
 MIP_HEURISTICS = ("rins", "rens", "root_reduced_cost", "feasibility_jump")
 """HiGHS's primal heuristics, switched off for the L1/Linf MILPs: with the warm start's norm as
 the objective bound they only search for points the bound already prunes (measured on
@@ -487,6 +488,7 @@ def _solve_bnb(prob: _Problem, layout: dict, spec: _Spec, time_limit: float, lim
     lb0 = np.asarray(prob.lower, dtype=float)
     exact = np.zeros(n)
     exact[z_idx] = 1.0
+    hessian = np.diag(diag)  # dense, as DAQP takes it; the same at every node
 
     def relax(fix: dict):
         """The node relaxation: (point, lower bound on the squared norm, status), status
@@ -496,7 +498,7 @@ def _solve_bnb(prob: _Problem, layout: dict, spec: _Spec, time_limit: float, lim
         lb, ub = lb0.copy(), upper_b.copy()
         for j, v in fix.items():
             lb[j] = ub[j] = v
-        sol, flag = _daqp(diag, q, a, row_lo, row_hi, lb, ub)
+        sol, flag = _daqp(hessian, q, a, row_lo, row_hi, lb, ub)
         if flag > 0:
             zs = sol[z_idx]
             return sol, float(zs @ zs - 2 * spec.x @ zs + const) - slack, "ok"
@@ -564,8 +566,8 @@ def _solve_bnb(prob: _Problem, layout: dict, spec: _Spec, time_limit: float, lim
     return best_z, float(max(lower, 0.0) if not infeasible else INF), solved, infeasible, nodes
 
 
-def _daqp(diag, q, a, row_lo, row_hi, lb, ub) -> tuple[np.ndarray | None, int]:
-    """min 1/2 v' diag(d) v + q'v s.t. row_lo <= A v <= row_hi, lb <= v <= ub with DAQP's own
+def _daqp(hessian, q, a, row_lo, row_hi, lb, ub) -> tuple[np.ndarray | None, int]:
+    """min 1/2 v' H v + q'v s.t. row_lo <= A v <= row_hi, lb <= v <= ub with DAQP's own
     interface (ranged rows; equality rows flagged), returning its exit flag, which tells a proven
     infeasible node (DAQP_INFEASIBLE) from a failure, unlike qpsolvers' None."""
     from ctypes import c_int
@@ -577,7 +579,7 @@ def _daqp(diag, q, a, row_lo, row_hi, lb, ub) -> tuple[np.ndarray | None, int]:
     lower = np.concatenate([lb, np.where(np.isfinite(row_lo), row_lo, -1e30)])
     sense = np.zeros(n + a.shape[0], dtype=c_int)
     sense[n:][row_lo == row_hi] = 5  # DAQP: an equality constraint
-    x, _, flag, _ = daqp.solve(np.diag(diag), q, a, upper, lower, sense)
+    x, _, flag, _ = daqp.solve(hessian, q, a, upper, lower, sense)
     return (x if flag > 0 else None), int(flag)
 
 
