@@ -45,16 +45,22 @@ PAPER_TABLE1 = {  # Croce & Hein 2018, Table 1: mean / max of ||delta|| / ||delt
 }  # fmt: skip
 
 
-def _attacks() -> dict[str, tuple[str, dict]]:
+TWO_STARTS = "rLR-QP-L2, DeepFool+DDN starts"
+
+
+def _attacks(seed: int) -> dict[str, tuple[str, dict]]:
     """label -> (registry name, hyperparameters): the L2 attacks with their defaults (all
-    deterministic). rLR-QP's rows are written by _mip_rows (its points warm-start the MIP)."""
+    deterministic but the seeded two-start rLR-QP). The paper's rLR-QP rows are written by
+    _mip_rows (its points warm-start the MIP)."""
     return {
         "DeepFool": ("deepfool", {}),
         "L-BFGS": ("lbfgs", {}),
         "C&W": ("cw-l2", {}),
         "DDN": ("ddn", {"steps": 1000}),
         "TR": ("trust-region", {}),
-    }
+        TWO_STARTS: ("linear-region", {"init": "deepfool+ddn",
+                                       "generator": torch.Generator().manual_seed(seed)}),
+    }  # fmt: skip
 
 
 def _images(name: str, n: int, data_dir=None):
@@ -75,7 +81,7 @@ def table1(args) -> None:
     store = harness.setup(args)
     for name in args.models:
         model, xs, ys, idx = _images(name, args.n, args.data_dir)
-        for attack, (function, hyper) in _attacks().items():
+        for attack, (function, hyper) in _attacks(args.seed).items():
             if 2.0 not in args.norms:
                 break  # the L2 attacks run with the L2 rows only
             key = f"t1|{name}|{attack}|{args.n}"
@@ -101,6 +107,10 @@ def _mip_rows(store, name, model, xs, ys, idx, p, args) -> None:
     key = f"t1|{name}|rLR-QP-L{tag}|{args.n}"
     todo = [k for k, i in enumerate(idx.tolist()[: args.mip_n])
             if f"mip|{name}|L{tag}|{i}|{args.time_limit:g}" not in store]  # fmt: skip
+    if args.only_unproven:  # retry, at this time limit, the images no stored run proved
+        proven = {r["image"] for r in store.values() if r.get("mip") and r["model"] == name
+                  and r["norm"] == tag and r["status"] == "optimal"}  # fmt: skip
+        todo = [k for k in todo if int(idx[k]) not in proven]
     if key in store and not todo:
         return
     hyper = {"generator": torch.Generator().manual_seed(args.seed)}
@@ -224,6 +234,13 @@ def report(args) -> None:
         "relaxations (``advx.verify``, ``l2_solver='bnb'``), not SCIP: on mnist-n1 it proved "
         "more images optimal in the same time (see the notes of issue 15).",
         "- Images: the correctly classified among the first n test images (n in the keys).",
+        f"- The row '{TWO_STARTS}' is our addition, not the paper's algorithm: "
+        "``linear_region(init='deepfool+ddn')`` starts from DeepFool and from DDN (1000 "
+        "iterations), each bisected to the boundary; the nearer is the best and the other seeds "
+        "the stored set S, so the exploration starts around both. With the paper's DeepFool start "
+        "alone, the misses look like local optima: in an ad-hoc check (not stored) on mnist-n1's "
+        "misses, more random points (n1 = n2 = 20, or n4 = 9) or three applications fixed at most "
+        "one more of them, while the DDN start fixed several.",
         "",
         "## Not measured here",
         "",
@@ -294,8 +311,8 @@ def _table1_section(rows) -> list[str]:
                        f"{_ratio_stats(ratios)} | {len(ratios)} | {_ratio_stats(known)} "
                        f"({len(known)}) | {paper_cell} |")  # fmt: skip
         within = [r for r in rows if r.get("table") == 1 and r["model"] == name
-                  and r["attack"] in ("rLR-QP", "rLR-QP-L2")]  # fmt: skip
-        for r in within[:1]:
+                  and r["attack"] in ("rLR-QP", "rLR-QP-L2", TWO_STARTS)]  # fmt: skip
+        for r in within:
             ratios = [n / optimal[i]["norm_value"] for i, n in zip(r["images"], r["norms"])
                       if i in optimal]  # fmt: skip
             hits = sum(v <= 1.001 for v in ratios)
@@ -303,7 +320,7 @@ def _table1_section(rows) -> list[str]:
                                 and x["norm"] in (2, "2")], mips)  # fmt: skip
             near = sum(n <= 1.001 * best[i] for i, n in zip(r["images"], r["norms"]))
             out.append("")
-            out.append(f"rLR-QP ratio <= 1.001 on {hits} of {len(ratios)} proven-optimal images; "
+            out.append(f"{r['attack']}: ratio <= 1.001 on {hits} of {len(ratios)} proven-optimal images; "
                        f"within 1.001 of the best known norm on {near} of {len(r['norms'])} "
                        "images.")  # fmt: skip
         out += _linf_lines(rows, name)
@@ -318,10 +335,14 @@ def _targets_section(rows) -> list[str]:
     seconds_target = {"mnist-n1": 2.0, "mnist-n2": 0.5}
     for name in sorted({r["model"] for r in rows if r.get("table") == 1}):
         for tag in ("2", "inf"):
-            mips = [r for r in rows if r.get("mip") and r["model"] == name and r["norm"] == tag]
+            mips = {
+                r["image"]: r
+                for r in rows
+                if r.get("mip") and r["model"] == name and r["norm"] == tag
+            }  # fmt: skip (each image's last row)
             if not mips:
                 continue
-            proven = sum(r["status"] == "optimal" for r in mips)
+            proven = sum(r["status"] == "optimal" for r in mips.values())
             out.append(f"- {name}, L{tag}: MIP proven optimal on {proven} of {len(mips)} images "
                        f"(target: all 50).")  # fmt: skip
         mips = {r["image"]: r for r in rows if r.get("mip") and r["model"] == name
@@ -334,13 +355,13 @@ def _targets_section(rows) -> list[str]:
                    f"{sum(i in mips for r in attacks for i in r['images'])} (attack, image) "
                    "pairs (target: none).")  # fmt: skip
         for r in attacks:
-            if r["attack"] != "rLR-QP-L2":
+            if r["attack"] not in ("rLR-QP-L2", TWO_STARTS):
                 continue
             optimal = {i: m for i, m in mips.items() if m["status"] == "optimal"}
             hits = sum(n <= 1.001 * optimal[i]["norm_value"]
                        for i, n in zip(r["images"], r["norms"]) if i in optimal)  # fmt: skip
             limit = seconds_target.get(name)
-            out.append(f"- {name}: rLR-QP within 1.001 of the MIP optimum on {hits} of "
+            out.append(f"- {name}: {r['attack']} within 1.001 of the MIP optimum on {hits} of "
                        f"{len(optimal)} proven-optimal images (target: 49 of 50); "
                        f"{r['seconds_per_image']:.3f} s per image (target: at most {limit} s).")  # fmt: skip
     out.append("")
@@ -402,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--norms", nargs="+", type=float, default=[2.0, INF])
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--only-unproven",
+        action="store_true",
+        help="table1: give the MIP only the images that no stored run proved optimal (e.g. "
+        "again with a longer --time-limit; the report takes each image's last row)",
+    )
     parser.add_argument("--doc", default="docs/results/linear_region.md", help="report: the page")
     return parser
 

@@ -32,6 +32,7 @@ the script never trains one.
 from __future__ import annotations
 
 import datetime
+import functools
 import importlib
 import json
 import os
@@ -155,6 +156,18 @@ def _ddn_implementations(args) -> tuple[dict[str, Attack], list[str]]:
     return impls, missing
 
 
+def _hyperparameters(text: str) -> dict[str, float]:
+    """'sigma2=0.8,eta=1.5' -> {'sigma2': 0.8, 'eta': 1.5} (numbers; integers stay int)."""
+    options = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        if not key or not value:
+            raise SystemExit(f"--tr-variants: expected KEY=VALUE[,KEY=VALUE], got {text!r}")
+        number = float(value)
+        options[key.strip()] = int(number) if number.is_integer() and "." not in value else number
+    return options
+
+
 def _tr_implementations(args) -> tuple[dict[str, Attack], list[str]]:
     """Trust region, L2, adaptive radius, first order, each library with its own defaults
     (advx: 100 steps, best of 9 candidate classes re-chosen per step, radius from d0/4 within
@@ -163,6 +176,10 @@ def _tr_implementations(args) -> tuple[dict[str, Attack], list[str]]:
     impls: dict[str, Attack] = {
         "advx": lambda m, x, y: trust_region(m, x, y, norm=2, adaptive=True)
     }
+    for variant in args.tr_variants or []:
+        impls[f"advx ({variant})"] = functools.partial(
+            trust_region, norm=2, adaptive=True, **_hyperparameters(variant)
+        )
     missing = ["foolbox (no trust-region attack)", "torchattacks (no trust-region attack)"]
     try:
         tr = _import_adv_lib("trust_region").tr
@@ -352,7 +369,7 @@ def run_model(name: str, args, results) -> None:
         n = min(n, x.shape[0])  # fewer when the split holds fewer correct images
         impls, missing = make(args)
         if args.libraries is not None:
-            impls = {k: v for k, v in impls.items() if k == "advx" or k in args.libraries}
+            impls = {k: v for k, v in impls.items() if k.startswith("advx") or k in args.libraries}
         for line in missing:
             print(f"  {family}: skipped {line}")
         rows = [
@@ -383,6 +400,11 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=None,
         help="run only these (advx always runs), e.g. --libraries adv-lib for a two-way rotation",
+    )
+    parser.add_argument(
+        "--tr-variants",
+        nargs="+",
+        help="extra advx trust-region rows in the rotation, e.g. sigma2=0.8 (library 'advx (...)')",
     )
     parser.add_argument("--df-steps", type=int, default=50)
     parser.add_argument("--ddn-steps", type=int, default=100)

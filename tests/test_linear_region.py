@@ -282,6 +282,44 @@ def test_attack_contract_basics():
         assert (net(out).argmax(1)[moved] != labels[moved]).all()
 
 
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_two_warm_starts_never_end_above_the_nearer_start(p):
+    from advx.attacks.linear_region.attack import ddn_start, warm_start
+
+    net = _mlp(3, sizes=(6, 10, 3), batchnorm=False)
+    x = torch.rand(6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    net = net.double()
+    with torch.no_grad():
+        labels = net(x).argmax(1)
+    df, df_ok = warm_start(net, x, labels, p, False)
+    dd, dd_ok = ddn_start(net, x, labels, False)
+    bound = torch.minimum(
+        torch.where(df_ok, (df - x).norm(p=p, dim=1), torch.full((6,), INF, dtype=x.dtype)),
+        torch.where(dd_ok, (dd - x).norm(p=p, dim=1), torch.full((6,), INF, dtype=x.dtype)),
+    )
+    out = linear_region(
+        net, x, labels, norm=p, init="deepfool+ddn", n1=3, n2=3, n3=1, n4=1,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    with torch.no_grad():
+        fooled = net(out).argmax(1) != labels
+    assert fooled[torch.isfinite(bound)].all()
+    norms = (out - x).norm(p=p, dim=1)
+    assert (norms[torch.isfinite(bound)] <= bound[torch.isfinite(bound)] * (1 + 1e-9)).all()
+
+
+def test_seeded_sample_takes_the_nearer_start_as_best_and_the_other_as_seed():
+    from advx.attacks.linear_region.attack import _seeded_sample
+
+    x = np.zeros(3)
+    far, near = np.array([[0.0, 0.0, 0.9]]), np.array([[0.3, 0.0, 0.0]])
+    starts = [(far, [True], [1]), (near, [True], [2]), (near * 0.1, [False], [0])]
+    sample = _seeded_sample(x, 0, starts, 0, lambda c: [c], 2.0)
+    assert np.array_equal(sample.best, near[0]) and sample.u == pytest.approx(0.3)
+    assert sample.classes == [2]  # 'init' classes follow the best start
+    assert len(sample.seeds) == 1 and np.array_equal(sample.seeds[0], far[0])
+
+
 def test_targeted_reaches_the_target():
     net = _two_input_net()
     x = torch.tensor([[0.3, 0.6], [0.7, 0.2]], dtype=torch.float64)

@@ -27,6 +27,7 @@ from .._core import (
     parse_norm,
     validate,
 )
+from ..ddn import ddn
 from ..deepfool import deepfool
 from .geometry import (
     Region,
@@ -42,6 +43,8 @@ EXTENSIONS = (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
 boundary) is not yet classified as the target class by the model in its own dtype."""
 MEMORY_BUDGET = 2**28  # bytes of Jacobians per geometry chunk
 BINARY_SEARCH_STEPS = 20
+INITS = ("deepfool", "deepfool+ddn")
+DDN_STEPS = 1000  # the DDN warm start of init="deepfool+ddn"
 
 
 @dataclass
@@ -55,6 +58,7 @@ class _Sample:
     u: float = INF  # its norm
     stack: list[np.ndarray] = field(default_factory=list)  # S: perturbations delta
     stack_norms: list[float] = field(default_factory=list)
+    seeds: list[np.ndarray] = field(default_factory=list)  # further warm starts (perturbations)
     seen: set = field(default_factory=set)  # activation patterns already solved
     regions: int = 0  # regions whose problems were set up
     solves: int = 0  # convex programs solved
@@ -288,10 +292,12 @@ def _algorithm1(
     """Croce & Hein (2018), Algorithm 1, for all samples at once (the state is per sample)."""
     alpha = search.settings.alpha
     search.visit(samples, [[s.x] for s in samples])  # line 1: the region of x (before S exists)
-    for s in samples:  # line 3: S holds n1 copies of the best perturbation
+    for s in samples:  # line 3: S holds n1 copies of the best perturbation (after the seeds)
         delta = s.best - s.x if s.best is not None else np.zeros_like(s.x)
-        s.stack = [delta.copy() for _ in range(n1)]
-        s.stack_norms = [s.u] * n1
+        seeds = s.seeds[: n1 - 1]
+        s.stack = [seed.copy() for seed in seeds] + [delta.copy() for _ in range(n1 - len(seeds))]
+        s.stack_norms = [_norm(seed, search.settings.p) for seed in seeds]
+        s.stack_norms += [s.u] * (n1 - len(seeds))
     for a1 in range(1, n4 + 1):
         for _ in range(n3):  # exploration around every member of S
             centres = [list(s.stack) for s in samples]
@@ -343,6 +349,35 @@ def warm_start(
     return points, usable
 
 
+def ddn_start(
+    model: nn.Module, inputs: Tensor, labels: Tensor, targeted: bool
+) -> tuple[Tensor, Tensor]:
+    """DDN (Rony et al., CVPR 2019; ``DDN_STEPS`` iterations, L2) followed by the same binary
+    search from x to the boundary as ``warm_start``: the second warm start of
+    ``init="deepfool+ddn"``. Returns (points, found)."""
+    end = ddn(model, inputs, labels, targeted=targeted, steps=DDN_STEPS)
+    found = _adversarial(model, end, labels, targeted)
+    points = inputs.clone()
+    if found.any():
+        points[found] = _bisect(model, inputs[found], end[found], labels[found], targeted)
+    return points, found
+
+
+def _starts(
+    model: nn.Module, inputs: Tensor, labels: Tensor, init: str | Tensor, p: float, targeted: bool
+) -> list[tuple[Tensor, Tensor]]:
+    """The warm starts (points, found) that ``init`` names, the paper's DeepFool start first."""
+    if isinstance(init, Tensor):
+        if init.shape != inputs.shape:
+            raise ValueError(f"init must have the shape of inputs {tuple(inputs.shape)}")
+        start = init.detach().to(inputs).clamp(0, 1)
+        return [(start, _adversarial(model, start, labels, targeted))]
+    starts = [warm_start(model, inputs, labels, p, targeted)]
+    if init == "deepfool+ddn":
+        starts.append(ddn_start(model, inputs, labels, targeted))
+    return starts
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -363,34 +398,49 @@ def _check_arguments(n1, n2, n3, n4, alpha, init, target_classes, applications, 
     check_positive(alpha, "alpha")
     if alpha < 1:
         raise ValueError(f"alpha must be >= 1, got {alpha!r}")
-    if not (isinstance(init, Tensor) or init == "deepfool"):
-        raise ValueError(f"init must be 'deepfool' or a tensor of starting points, got {init!r}")
+    if not (isinstance(init, Tensor) or (isinstance(init, str) and init in INITS)):
+        raise ValueError(
+            f"init must be one of {INITS} or a tensor of starting points, got {init!r}"
+        )
     if target_classes not in ("all", "init"):
         raise ValueError(f"target_classes must be 'all' or 'init', got {target_classes!r}")
     if solver not in QP_SOLVERS:
         raise ValueError(f"solver must be one of {QP_SOLVERS}, got {solver!r}")
 
 
+def _seeded_sample(x: np.ndarray, source: int, starts, i: int, classes_of, p: float) -> _Sample:
+    """Sample i's state from the warm starts [(flat points, found, classes)]: the nearest
+    adversarial start is the best (its class gives 'init' target classes), the others seeds."""
+    usable = [(pts[i], cls[i]) for pts, ok, cls in starts if ok[i]]
+    usable.sort(key=lambda item: _norm(item[0] - x, p))
+    sample = _Sample(x=x, source=source, classes=classes_of(usable[0][1] if usable else None))
+    if usable:
+        sample.best, sample.u = usable[0][0], _norm(usable[0][0] - x, p)
+        sample.seeds = [point - x for point, _ in usable[1:]]
+    return sample
+
+
 def _one_application(
-    model, inputs, labels, start, found, settings, target_classes, n, generator, stats
+    model, inputs, labels, starts, settings, target_classes, n, generator, stats
 ) -> Tensor:
     num_classes = stats["num_classes"]
-    with torch.no_grad():
-        start_classes = model(start).argmax(1).tolist()
     flat = inputs.reshape(inputs.shape[0], -1).double().cpu().numpy()
-    start_flat = start.reshape(start.shape[0], -1).double().cpu().numpy()
+    flat_starts = []
+    for start, found in starts:
+        with torch.no_grad():
+            start_classes = model(start).argmax(1).tolist()
+        points = start.reshape(start.shape[0], -1).double().cpu().numpy()
+        flat_starts.append((points, found.tolist(), start_classes))
     samples, where = [], []
     for i in range(inputs.shape[0]):
         if stats["clean_adversarial"][i]:
             continue
         source = int(labels[i])
-        start_class = start_classes[i] if found[i] else None
-        classes = _classes_for(source, num_classes, target_classes, start_class, settings.targeted)
-        sample = _Sample(x=flat[i], source=source, classes=classes)
-        if found[i]:
-            sample.best = start_flat[i]
-            sample.u = _norm(start_flat[i] - flat[i], settings.p)
-        samples.append(sample)
+
+        def classes_of(start_class, source=source):
+            return _classes_for(source, num_classes, target_classes, start_class, settings.targeted)
+
+        samples.append(_seeded_sample(flat[i], source, flat_starts, i, classes_of, settings.p))
         where.append(i)
     out = inputs.clone()
     if samples:
@@ -448,8 +498,11 @@ def linear_region(
         norm: 1, 2 (QPs, ``solver``) or inf (LPs with HiGHS); L1 and L2 start from L2 DeepFool.
         targeted: reach ``labels`` instead of leaving them.
         n1, n2, n3, n4, alpha: Algorithm 1's hyperparameters (the paper's defaults).
-        init: "deepfool", or a tensor of starting points (adversarial ones are used as the warm
-            start without the binary search; others are ignored).
+        init: "deepfool" (the paper's warm start), "deepfool+ddn" (our addition: also DDN,
+            ``ddn_start``; the nearer adversarial start is the best and the other seeds the
+            stored set S, so the exploration starts around both), or a tensor of starting points
+            (adversarial ones are used as the warm start without the binary search; others are
+            ignored).
         target_classes: "all" classes other than the label, or "init", the class of the warm
             start only (the paper's setting for deep networks).
         applications: run the attack this many times, each from the previous output with the
@@ -475,24 +528,18 @@ def linear_region(
         "solves": [0] * inputs.shape[0],
     }
     with attack_mode(model):
-        if isinstance(init, Tensor):
-            if init.shape != inputs.shape:
-                raise ValueError(f"init must have the shape of inputs {tuple(inputs.shape)}")
-            start = init.detach().to(inputs).clamp(0, 1)
-            found = _adversarial(model, start, labels, targeted)
-        else:
-            start, found = warm_start(model, inputs, labels, p, settings.targeted)
+        starts = _starts(model, inputs, labels, init, p, settings.targeted)
         classes = target_classes
         for _ in range(applications):
             start = _one_application(
-                model, inputs, labels, start, found, settings, classes, (n1, n2, n3, n4),
-                generator, record,
+                model, inputs, labels, starts, settings, classes, (n1, n2, n3, n4), generator,
+                record,
             )  # fmt: skip
-            found = _adversarial(model, start, labels, targeted)
+            starts = [(start, _adversarial(model, start, labels, targeted))]
             classes = "init"
     if stats is not None:
         stats.update({"regions": record["regions"], "solves": record["solves"]})
     return start.detach()
 
 
-__all__ = ["linear_region", "warm_start"]
+__all__ = ["ddn_start", "linear_region", "warm_start"]
