@@ -308,6 +308,23 @@ def test_two_warm_starts_never_end_above_the_nearer_start(p):
     assert (norms[torch.isfinite(bound)] <= bound[torch.isfinite(bound)] * (1 + 1e-9)).all()
 
 
+def test_warm_starts_keep_a_margin_above_rounding():
+    """The bisected warm starts (DeepFool's, DDN's) stay adversarial on any batch composition:
+    their margin exceeds the logits' rounding (a bare argmax flip lost the MIP's incumbent)."""
+    from advx.attacks.linear_region.attack import ddn_start, warm_start
+
+    net = _mlp(5, sizes=(20, 32, 5), batchnorm=False)
+    x = torch.rand(16, 20, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        labels = net(x).argmax(1)
+    for start in (warm_start(net, x, labels, 2.0, False), ddn_start(net, x, labels, False)):
+        points, found = start
+        assert found.any()
+        with torch.no_grad():
+            alone = torch.cat([net(points[i : i + 1]) for i in range(16)])
+        assert (alone.argmax(1) != labels)[found].all()
+
+
 def test_seeded_sample_takes_the_nearer_start_as_best_and_the_other_as_seed():
     from advx.attacks.linear_region.attack import _seeded_sample
 

@@ -319,13 +319,18 @@ def _adversarial(model: nn.Module, x: Tensor, labels: Tensor, targeted: bool) ->
 def _bisect(model: nn.Module, start: Tensor, end: Tensor, labels: Tensor, targeted: bool) -> Tensor:
     """The point of [start, end] nearest start that is still adversarial, by bisection on the
     segment's parameter (end must be adversarial; Croce & Hein 2018, Sec. 5, the binary search
-    from x to the DeepFool point)."""
+    from x to the DeepFool point). Points count as adversarial only with a margin above the
+    logits' rounding (``robustly_adversarial``), so the warm start stays adversarial when the
+    model is evaluated on another batch (a bare argmax flip at the boundary did not, and the MIP
+    then lost its incumbent)."""
     view = (-1,) + (1,) * (start.dim() - 1)
     lo = torch.zeros(start.shape[0], dtype=start.dtype, device=start.device)
     hi = torch.ones_like(lo)
     for _ in range(BINARY_SEARCH_STEPS):
         mid = (lo + hi) / 2
-        ok = _adversarial(model, start + mid.reshape(view) * (end - start), labels, targeted)
+        with torch.no_grad():
+            logits = model(start + mid.reshape(view) * (end - start))
+        ok = robustly_adversarial(logits, labels, targeted)
         hi = torch.where(ok, mid, hi)
         lo = torch.where(ok, lo, mid)
     return start + hi.reshape(view) * (end - start)
