@@ -46,19 +46,22 @@ PAPER_TABLE1 = {  # Croce & Hein 2018, Table 1: mean / max of ||delta|| / ||delt
 
 
 TWO_STARTS = "rLR-QP-L2, DeepFool+DDN starts"
+FACETS = " + facet descent"  # suffix of the rows with linear_region's default facets=30
+RLR_L2 = ("rLR-QP", "rLR-QP-L2", TWO_STARTS, "rLR-QP-L2" + FACETS)
 
 
 def _attacks(seed: int) -> dict[str, tuple[str, dict]]:
     """label -> (registry name, hyperparameters): the L2 attacks with their defaults (all
-    deterministic but the seeded two-start rLR-QP). The paper's rLR-QP rows are written by
-    _mip_rows (its points warm-start the MIP)."""
+    deterministic but the seeded two-start rLR-QP). The rLR-QP rows, the paper's Algorithm 1
+    (facets=0) and the default with the facet descent, are written by _mip_rows (the first's
+    points warm-start the MIP)."""
     return {
         "DeepFool": ("deepfool", {}),
         "L-BFGS": ("lbfgs", {}),
         "C&W": ("cw-l2", {}),
         "DDN": ("ddn", {"steps": 1000}),
         "TR": ("trust-region", {}),
-        TWO_STARTS: ("linear-region", {"init": "deepfool+ddn",
+        TWO_STARTS: ("linear-region", {"init": "deepfool+ddn", "facets": 0,
                                        "generator": torch.Generator().manual_seed(seed)}),
     }  # fmt: skip
 
@@ -102,28 +105,34 @@ def table1(args) -> None:
 
 
 def _mip_rows(store, name, model, xs, ys, idx, p, args) -> None:
-    """rLR-QP in norm p (stored), then the MIP per image, warm-started from rLR-QP's point."""
+    """rLR-QP in norm p, the paper's Algorithm 1 and the default with the facet descent (both
+    stored, same seed), then the MIP per image, warm-started from Algorithm 1's point."""
     tag = "inf" if p == INF else f"{p:g}"
-    key = f"t1|{name}|rLR-QP-L{tag}|{args.n}"
     todo = [k for k, i in enumerate(idx.tolist()[: args.mip_n])
             if f"mip|{name}|L{tag}|{i}|{args.time_limit:g}" not in store]  # fmt: skip
     if args.only_unproven:  # retry, at this time limit, the images no stored run proved
         proven = {r["image"] for r in store.values() if r.get("mip") and r["model"] == name
                   and r["norm"] == tag and r["status"] == "optimal"}  # fmt: skip
         todo = [k for k in todo if int(idx[k]) not in proven]
-    if key in store and not todo:
+    adv = None
+    for label, facets in ((f"rLR-QP-L{tag}", 0), (f"rLR-QP-L{tag}{FACETS}", 30)):
+        key = f"t1|{name}|{label}|{args.n}"
+        if key in store and (facets or not todo):
+            continue
+        hyper = {"facets": facets, "generator": torch.Generator().manual_seed(args.seed)}
+        result = harness.run(
+            model, xs, ys, "linear-region", norm=p, hyperparameters=hyper, batch=args.batch_size
+        )
+        seconds = float(result.samples["seconds"].mean())
+        if key not in store:  # every image's norm, unmasked (each is the MIP's start)
+            store.add(key, {"table": 1, "model": name, "attack": label, "norm": tag,
+                            "images": idx.tolist(), "norms": _norms(result.adversarials, xs, p).tolist(),
+                            "seconds_per_image": seconds})  # fmt: skip
+            print(f"{name} {label}: {seconds:.3f} s/img", flush=True)
+        if not facets:
+            adv = result.adversarials
+    if adv is None:
         return
-    hyper = {"generator": torch.Generator().manual_seed(args.seed)}
-    result = harness.run(
-        model, xs, ys, "linear-region", norm=p, hyperparameters=hyper, batch=args.batch_size
-    )
-    adv = result.adversarials
-    seconds = float(result.samples["seconds"].mean())
-    if key not in store:  # every image's norm, unmasked (each is the MIP's start)
-        store.add(key, {"table": 1, "model": name, "attack": f"rLR-QP-L{tag}", "norm": tag,
-                        "images": idx.tolist(), "norms": _norms(adv, xs, p).tolist(),
-                        "seconds_per_image": seconds})  # fmt: skip
-        print(f"{name} rLR-QP L{tag}: {seconds:.3f} s/img", flush=True)
     start_norms = _norms(adv, xs, p)
     for k in todo:
         i = int(idx[k])
@@ -311,7 +320,7 @@ def _table1_section(rows) -> list[str]:
                        f"{_ratio_stats(ratios)} | {len(ratios)} | {_ratio_stats(known)} "
                        f"({len(known)}) | {paper_cell} |")  # fmt: skip
         within = [r for r in rows if r.get("table") == 1 and r["model"] == name
-                  and r["attack"] in ("rLR-QP", "rLR-QP-L2", TWO_STARTS)]  # fmt: skip
+                  and r["attack"] in RLR_L2]  # fmt: skip
         for r in within:
             ratios = [n / optimal[i]["norm_value"] for i, n in zip(r["images"], r["norms"])
                       if i in optimal]  # fmt: skip
@@ -355,7 +364,7 @@ def _targets_section(rows) -> list[str]:
                    f"{sum(i in mips for r in attacks for i in r['images'])} (attack, image) "
                    "pairs (target: none).")  # fmt: skip
         for r in attacks:
-            if r["attack"] not in ("rLR-QP-L2", TWO_STARTS):
+            if r["attack"] not in RLR_L2:
                 continue
             optimal = {i: m for i, m in mips.items() if m["status"] == "optimal"}
             hits = sum(n <= 1.001 * optimal[i]["norm_value"]
@@ -387,14 +396,14 @@ def _linf_lines(rows, name) -> list[str]:
         return []
     optimal = {i: r for i, r in mips.items() if r["status"] == "optimal"}
     rlr = [r for r in rows if r.get("table") == 1 and r["model"] == name
-           and r["attack"] == "rLR-QP-Linf"]  # fmt: skip
+           and r["attack"] in ("rLR-QP-Linf", "rLR-QP-Linf" + FACETS)]  # fmt: skip
     out = ["", f"MIP (Linf): {len(mips)} images attempted, {len(optimal)} proven optimal "
            f"(time limit {_limit(mips)} s), median seconds "
            f"{_median([r['seconds'] for r in mips.values()])}."]  # fmt: skip
-    if rlr:
-        ratios = [n / optimal[i]["norm_value"] for i, n in zip(rlr[0]["images"], rlr[0]["norms"])
+    for row in rlr:
+        ratios = [n / optimal[i]["norm_value"] for i, n in zip(row["images"], row["norms"])
                   if i in optimal and optimal[i]["norm_value"] > 0]  # fmt: skip
-        out.append(f"rLR-QP (Linf LPs): {rlr[0]['seconds_per_image']:.3f} s / image; ratio vs "
+        out.append(f"{row['attack']} (LPs): {row['seconds_per_image']:.3f} s / image; ratio vs "
                    f"MIP mean / max {_ratio_stats(ratios)} on {len(ratios)} images; <= 1.001 on "
                    f"{sum(v <= 1.001 for v in ratios)}.")  # fmt: skip
     return out
