@@ -275,6 +275,6 @@ register(
         norms=(1.0, 2.0, INF),
         randomized=True,
         paper="Croce & Hein, GCPR 2018 (rLR-QP)",
-        quick={"n1": 1, "n2": 1, "n3": 1, "n4": 1, "target_classes": "init"},
+        quick={"n1": 1, "n2": 1, "n3": 1, "n4": 1, "target_classes": "init", "facets": 2},
     )
 )
