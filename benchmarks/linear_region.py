@@ -151,7 +151,9 @@ def _mip_rows(store, name, model, xs, ys, idx, p, args) -> None:
 def fab(args) -> None:
     """adv-lib's FAB (L2, its defaults: 100 iterations, no restarts) on the Table-1 images, a
     modern minimal-norm anchor beside DDN and TR (peers environment: adv-lib installed)."""
-    from adv_lib.attacks import fab as adv_lib_fab
+    from peers import _import_adv_lib  # adv-lib's FAB without its attacks package (torchvision)
+
+    adv_lib_fab = _import_adv_lib("fast_adaptive_boundary").fab
 
     store = harness.setup(args)
     for name in args.models:
