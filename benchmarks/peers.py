@@ -170,9 +170,10 @@ def _hyperparameters(text: str) -> dict[str, float]:
 
 def _tr_implementations(args) -> tuple[dict[str, Attack], list[str]]:
     """Trust region, L2, adaptive radius, first order, each library with its own defaults
-    (advx: 100 steps, best of 9 candidate classes re-chosen per step, radius from d0/4 within
-    [d0/100, d0]; adv-lib: 100 iterations, best of 9 classes chosen once, radius from 1e-3
-    within [5e-4, 0.05]), no refinement."""
+    (advx: at most 300 steps, the nearest of 9 candidate classes re-chosen per step, their
+    gradients re-evaluated every 3rd step while the choice is in doubt, radius from 0.03 d0
+    within [0.025 d0, d0]; adv-lib: 100 iterations, the nearest of 9 classes chosen once, radius
+    from 1e-3 within [5e-4, 0.05]), no refinement."""
     impls: dict[str, Attack] = {
         "advx": lambda m, x, y: trust_region(m, x, y, norm=2, adaptive=True)
     }

@@ -33,7 +33,8 @@ from .refine import _bisect_towards_input
 # Relative defaults (fractions of the first linearised distance d0 of each sample), used where
 # radius / radius_min / radius_max are None; see ``trust_region``.
 _RADIUS_FRACTION = 0.03
-_RADIUS_MIN_FRACTION = 0.01
+# eps^0 / eta at the default eta = 1.2: one shrink below the start (``trust_region``'s defaults)
+_RADIUS_MIN_FRACTION = 0.025
 _RADIUS_MAX_FRACTION = 1.0
 _FALLBACK_RADIUS = 1e-2  # where d0 is undefined (zero gradient)
 # 'best' mode: below this rho (folded to min(rho, 1/rho)) the last step's linear model was off
@@ -68,7 +69,9 @@ class TrustRegionSettings:
         ambiguity: in 'best' mode, a sample due for fresh gradients gets them only while its
             second-nearest class (by the last norms) is within ``ambiguity`` times the nearest
             one's distance (inf: always), or while its last step was inaccurate (folded rho
-            below 0.5).
+            below 0.5); then only for the classes in doubt (within ``ambiguity`` times the
+            nearest distance), or for every candidate after an inaccurate step or with
+            ``ambiguity`` = inf.
         final_search: bisection steps on the step that first reached an adversarial iterate.
     """
 
@@ -92,7 +95,7 @@ class TrustRegionSettings:
     stop_at_boundary: bool = True
     refresh: int = 3
     ambiguity: float = INF
-    final_search: int = 10
+    final_search: int = 7
 
 
 def fold_rho(rho: Tensor) -> Tensor:
@@ -229,12 +232,15 @@ def _nearest_class(
     """The 'best' class after the first iteration, per sample: the smallest linearised distance
     from the current logits (the forward pass ``logits`` on ``xg``, rows ``keep``) and the last
     gradient norms ``norms``; then one backward pass for f = z_t - z_i of that class. Rows that
-    are ``due`` (``settings.refresh``) and in doubt re-evaluate every candidate's gradient at the
-    current iterate instead (``_best_class``) and get fresh norms: their choice is ambiguous
-    (the second-nearest distance below ``settings.ambiguity`` times the nearest), or the last
-    step's linear model was ``inaccurate`` (folded rho < ``_ACCURATE``: the gradients, and so
-    the norms, have changed). Returns (column, f, masked g, refreshed rows); the fresh norms
-    are written into ``norms`` in place."""
+    are ``due`` (``settings.refresh``) and in doubt re-evaluate candidates' gradients at the
+    current iterate instead (``_best_class``) and get fresh norms: where their choice is
+    ambiguous (the second-nearest distance below ``settings.ambiguity`` times the nearest), the
+    classes within that factor of the nearest (``_doubtful``: a class beyond it would need its
+    norm off by more than the factor to win, the risk the ambiguity test already takes for the
+    rows it skips); where the last step's linear model was ``inaccurate`` (folded rho <
+    ``_ACCURATE``: the gradients, and so the norms, have changed), every candidate. Returns
+    (column, f, masked g, refreshed rows); the fresh norms are written into ``norms`` in
+    place."""
     x = xg.detach()[keep]
     with torch.enable_grad():
         z = logits[keep].gather(1, classes)
@@ -250,12 +256,43 @@ def _nearest_class(
             g[~fresh] = grad[keep][~fresh]
     f = f.detach().clone()
     if bool(fresh.any()):
-        fresh_logits, grads = class_gradients(model, x[fresh], classes[fresh])
-        col, f[fresh], g[fresh], norms[fresh] = _best_class(
-            fresh_logits, grads, classes[fresh], x[fresh], p
-        )
-        column[fresh] = col - 1
+        cols = _doubtful(dist[fresh], settings.ambiguity, inaccurate[fresh])
+        sub = _subset(classes[fresh], cols)
+        fresh_logits, grads = class_gradients(model, x[fresh], sub)
+        col, f[fresh], g[fresh], gn = _best_class(fresh_logits, grads, sub, x[fresh], p)
+        column[fresh] = cols.gather(1, col[:, None] - 1).squeeze(1)
+        norms[fresh] = _scatter_columns(norms[fresh], cols, gn)
     return column + 1, f, _free(g, x), fresh
+
+
+def _doubtful(dist: Tensor, ambiguity: float, everything: Tensor) -> Tensor:
+    """(N, m) candidate columns (0-based, nearest first) whose gradients a refresh evaluates:
+    those within ``ambiguity`` times the nearest distance ``dist`` (the classes in doubt);
+    every column in the rows of ``everything`` and for ``ambiguity`` = inf. -1 pads the rows
+    with fewer than m columns."""
+    order = dist.argsort(1)
+    if ambiguity == INF or bool(everything.all()):
+        return order
+    nearest = dist.gather(1, order[:, :1])
+    keep = ((dist <= ambiguity * nearest) | everything[:, None]).gather(1, order)
+    m = int(keep.sum(1).max())  # sorted by distance: the kept columns come first
+    return order[:, :m].masked_fill(~keep[:, :m], -1)
+
+
+def _subset(classes: Tensor, cols: Tensor) -> Tensor:
+    """(N, 1 + m): the label column of ``classes``, then its candidate columns ``cols``; a pad
+    (-1) repeats the label, which ``_distances`` gives an infinite distance."""
+    picked = classes[:, 1:].gather(1, cols.clamp_min(0))
+    picked = torch.where(cols >= 0, picked, classes[:, :1])
+    return torch.cat([classes[:, :1], picked], dim=1)
+
+
+def _scatter_columns(norms: Tensor, cols: Tensor, values: Tensor) -> Tensor:
+    """``norms`` (N, C - 1) with ``values`` (N, m) written into the columns ``cols`` (pads
+    dropped), as a new tensor."""
+    wide = torch.cat([norms, torch.zeros_like(norms[:, :1])], dim=1)
+    wide.scatter_(1, torch.where(cols >= 0, cols, norms.shape[1]), values)
+    return wide[:, :-1]
 
 
 def _ambiguous(dist: Tensor, ambiguity: float) -> Tensor:
