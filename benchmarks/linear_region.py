@@ -47,7 +47,7 @@ PAPER_TABLE1 = {  # Croce & Hein 2018, Table 1: mean / max of ||delta|| / ||delt
 
 TWO_STARTS = "rLR-QP-L2, DeepFool+DDN starts"
 FACETS = " + facet descent"  # suffix of the rows with linear_region's default facets=30
-RLR_L2 = ("rLR-QP", "rLR-QP-L2", TWO_STARTS, "rLR-QP-L2" + FACETS)
+RLR_L2 = ("rLR-QP", "rLR-QP-L2", TWO_STARTS, "rLR-QP-L2" + FACETS, TWO_STARTS + FACETS)
 ROUNDING = 1e-4
 """Relative excess of the MIP's float64 lower bound over a float32 attack's norm that the
 rounding of a point on the decision boundary explains (the attacks' points flip the argmax in
@@ -67,6 +67,8 @@ def _attacks(seed: int) -> dict[str, tuple[str, dict]]:
         "TR": ("trust-region", {}),
         TWO_STARTS: ("linear-region", {"init": "deepfool+ddn", "facets": 0,
                                        "generator": torch.Generator().manual_seed(seed)}),
+        TWO_STARTS + FACETS: ("linear-region", {"init": "deepfool+ddn",
+                                                "generator": torch.Generator().manual_seed(seed)}),
     }  # fmt: skip
 
 
