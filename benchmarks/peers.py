@@ -17,6 +17,10 @@ run this from a separate environment that has them, e.g.
     /work/peers/bin/python benchmarks/peers.py --models mnist-cnn --n 200 --cw-n 100 \
         --cw-search 9 --cw-steps 1000 --out results/peers
 
+(Where adv-lib's dependency visdom does not build, as under setuptools 84: install adv-lib with
+``--no-deps`` beside torchvision, tqdm and scipy, and give the venv a stand-in ``visdom.py``
+defining ``class Visdom``; adv-lib imports it only for logging that this script never enables.)
+
 A peer that cannot be imported is skipped (the output says so). Batches are timed one at a time
 and the order of the implementations rotates from one batch to the next, so that a slower or
 faster spell of the shared machine does not favour one of them. advx's own rows are timed and
