@@ -152,26 +152,16 @@ def trust_region(
     absolute 5e-4..0.05 bounds suit only its normalised CIFAR-10. Small first steps that grow
     only while the linear model stays accurate follow the curved path to a nearer boundary point
     than a few long steps (the paper notes its adaptive results suffer from "relaxed sigma1 and
-    sigma2"); hence sigma1 = 0.99,
-    sigma2 = 0.97 with the two-sided test, and refresh = 3, ambiguity = 1.2
-    (measured side by side with adv-lib's tr by benchmarks/peers.py: docs/results/peers.md).
-    eta = 1.2, candidates = 9 (every other class of a 10-class problem) and overshoot = 0.02
-    as in the authors' code (the paper gives no eta). steps = 300 rather than the code's 100:
-    each sample stops at its first adversarial iterate, so the cap costs only the samples that
-    need it; with 100, 6 of the first 100 cifar-cnn images ended without an adversarial (the
-    radius, started at 0.03 d0, had not covered the distance), all 6 were found with 300.
-    eps_min: Algorithm 1 shrinks the radius so that the local model becomes accurate, which a
-    smooth f does at a smaller radius (its relative error falls with the step). On the zoo's
-    ReLU networks it does not: the median folded rho was 0.98 at every radius from 0.01 to
-    0.12 d0 on mnist-cnn, and 0.98 above 0.0125 d0 but 0.96 below on cifar-cnn (the notes of
-    docs/results/peers-tr-floor.md), so shrinks below the start bought no accuracy; they only
-    walked the radius down to the old floor 0.01 d0, where a tenth of the cifar-cnn images
-    spent 70-120 iterations. With the floor at eps^0 / eta the per-image L2 grew by 0.04-0.4%
-    (geometric mean) and the iterations fell by a fifth. final_search = 7: each bisection step
-    costs a forward pass of every row, about 2% of the attack's time on cifar-cnn; after 7 the
-    point lies within 2^-7 of the last step, which measured 4% of the perturbation's norm at the
-    median and at most 15% (mnist-cnn, cifar-cnn), so within 0.03% of the norm at the median
-    (10 steps: 0.004%).
+    sigma2"); hence sigma1 = 0.99, sigma2 = 0.97 with the two-sided test, and refresh = 3,
+    ambiguity = 1.2. eta = 1.2, candidates = 9 (every other class of a 10-class problem) and
+    overshoot = 0.02 as in the authors' code (the paper gives no eta). steps = 300 rather than
+    the code's 100: each sample stops at its first adversarial iterate, so the cap costs only
+    the samples that need it. eps_min = eps^0 / eta: Algorithm 1 shrinks the radius so that the
+    local model becomes accurate, which on ReLU networks smaller radii do not buy (the ratio
+    rho stays flat below the start), so shrinks below one step under the start only cost
+    iterations. final_search = 7 leaves the point within 2^-7 of its last step. The
+    measurements behind each default, side by side with adv-lib's tr (benchmarks/peers.py),
+    are in docs/results/peers-tr.md and docs/results/peers-tr-floor.md.
 
     Cost per iteration, on the still-active samples only: one forward pass and the backward
     passes needed (1 + ``candidates`` for ``'best'``, one for a fixed class); ``order=2`` adds a
