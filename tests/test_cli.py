@@ -107,6 +107,38 @@ def test_train_adversarial_rejects_unknown_attack_setting(capsys):
     assert "foo" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--adversarial", "ddn", "--max-norm", "2", "--norm", "2"], "fixed norm"),
+        (["--adversarial", "pgd", "--max-norm", "2", "--norm", "3"], "norm"),
+        (["--norm", "2"], "--adversarial"),
+    ],
+)
+def test_train_norm_is_refused_where_it_cannot_apply(argv, match, capsys):
+    assert main(["train", "mnist-fcnn", *argv]) == 2
+    err = _error_line(capsys)
+    assert "--norm" in err and match in err
+
+
+def test_train_norm_reaches_the_attack_and_the_saved_name(monkeypatch, capsys):
+    """``--norm 2`` trains on PGD-L2 (the linear-region paper's 'at' models) under its own name."""
+    from advx.defenses import adversarial_training as module
+
+    seen = {}
+
+    def fake_training(name, attack, **kwargs):
+        seen.update(kwargs, name=name, attack=attack)
+        return None, {"test_accuracy": 0.5}
+
+    monkeypatch.setattr(module, "adversarial_training", fake_training)
+    argv = ["train", "mnist-fcnn", "--adversarial", "pgd", "--max-norm", "2", "--norm", "2"]
+    assert main(argv) == 0
+    assert seen["attack_kwargs"] == {"norm": 2.0}
+    assert seen["save_as"] == "mnist-fcnn-adv-pgd-l2"
+    assert "mnist-fcnn-adv-pgd-l2" in capsys.readouterr().out
+
+
 def test_train_set_without_adversarial_is_refused(capsys):
     assert main(["train", "mnist-fcnn", "--set", "steps=10"]) == 2
     assert "--adversarial" in capsys.readouterr().err

@@ -169,6 +169,11 @@ def _add_train_parser(commands) -> None:
         "--adversarial", metavar="ATTACK", help="adversarial training on this attack (e.g. ddn)"
     )
     train.add_argument("--max-norm", type=float, help="perturbation limit for adversarial training")
+    train.add_argument(
+        "--norm",
+        help="the norm of the --adversarial attack (1, 2 or inf; e.g. PGD-L2 for the linear-region "
+        "paper's 'at' models, saved as <name>-adv-pgd-l2); default: the attack's own",
+    )
     train.add_argument("--beta", type=float, default=0.0, help="clean-loss weight (Eq. 6)")
     train.add_argument(
         "--init-from", metavar="MODEL", help="start from this trained zoo model's weights"
@@ -587,8 +592,8 @@ def _command_train(args: argparse.Namespace) -> int:
             _model, metrics, saved = _distill_train(args, common)
             checkpoint = models.resolve_cache_dir() / f"{saved}.ckpt"
         elif args.adversarial is None:
-            if args.settings or args.max_norm is not None:
-                raise UsageError("--set and --max-norm need --adversarial ATTACK")
+            if args.settings or args.max_norm is not None or args.norm is not None:
+                raise UsageError("--set, --max-norm and --norm need --adversarial ATTACK")
             saved = args.save_as or args.name
             checkpoint = models.resolve_cache_dir() / f"{saved}.ckpt"
             model, metrics = models.train(
@@ -663,6 +668,9 @@ def _adversarial_train(args: argparse.Namespace, common: dict):
         raise UsageError("--max-norm is required with --adversarial (e.g. 2.4 for MNIST, L2)")
     check_hyperparameters(info, settings | ({} if info.minimal_norm else {"eps": args.max_norm}))
     saved = f"{args.name}-adv-{info.name}"
+    if args.norm is not None:
+        settings["norm"] = _training_norm(info, args.norm)
+        saved += "-l" + ("inf" if math.isinf(settings["norm"]) else f"{settings['norm']:g}")
     model, metrics = adversarial_training(
         args.name,
         info.name,
@@ -674,6 +682,18 @@ def _adversarial_train(args: argparse.Namespace, common: dict):
         **common,
     )
     return model, metrics, saved
+
+
+def _training_norm(info: AttackInfo, text: str) -> float:
+    """``advx train --norm``: a norm the adversarial-training attack takes as ``norm=``."""
+    from .evaluation.runner import resolve_norm
+
+    if not info.takes_norm:
+        raise UsageError(f"--norm: attack {info.name} has a fixed norm; leave --norm out")
+    try:
+        return resolve_norm(info, text)[0]
+    except ValueError as error:
+        raise UsageError(f"--norm: {error}") from None
 
 
 def _budget_lines(summary: dict) -> list[str]:
