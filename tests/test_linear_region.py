@@ -144,6 +144,38 @@ def test_region_qp_matches_slsqp(seed):
     assert np.all(matrix @ z + offset >= -1e-7)
 
 
+def _region_like_instance(seed, d=60, m=300):
+    """A decision halfspace that x violates and ``m`` region halfspaces that x satisfies, few of
+    them active at the optimum (the shape of a wide ReLU layer's region problem)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.1, 0.9, d)
+    normal = rng.normal(size=d)
+    rows = rng.normal(size=(m, d))
+    offsets = -(rows @ x) + rng.uniform(0.05, 3.0, m)
+    return x, np.vstack([normal, rows]), np.r_[-(normal @ x) - 0.5, offsets]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_constraint_generation_reaches_the_full_qp_optimum(seed):
+    x, matrix, offset = _region_like_instance(seed)
+    full = solve_l2(x, matrix, offset)
+    assert full is not None
+    lazy = solve_l2(x, matrix, offset, keep=1)
+    assert np.linalg.norm(lazy - x) == pytest.approx(np.linalg.norm(full - x), rel=1e-7)
+    assert np.all(matrix @ lazy + offset >= -1e-6 * (np.abs(matrix).sum(1) + 1))
+    assert np.all((lazy >= 0) & (lazy <= 1))
+
+
+def test_constraint_generation_stops_at_the_cutoff_and_reports_infeasible():
+    x, matrix, offset = _region_like_instance(0)
+    optimum = np.linalg.norm(solve_l2(x, matrix, offset) - x)
+    assert solve_l2(x, matrix, offset, keep=1, cutoff=optimum * (1 - 1e-6)) is None
+    assert solve_l2(x, matrix, offset, keep=1, cutoff=optimum * (1 + 1e-6)) is not None
+    assert solve_l2(x, matrix, offset, cutoff=optimum * (1 - 1e-6)) is None
+    contradiction = np.vstack([matrix, -matrix[:1]])  # the decision halfspace and its opposite
+    assert solve_l2(x, contradiction, np.r_[offset, -offset[0] - 1.0], keep=1) is None
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_region_lps_match_linprog(seed):
     x, matrix, offset = _random_instance(seed)

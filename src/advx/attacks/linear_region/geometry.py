@@ -172,20 +172,32 @@ def _pad4(padding) -> tuple[int, int, int, int]:
 
 
 class _Propagation:
-    """Forward propagation of (value, Jacobian) through the layers at points x (N, d)."""
+    """Forward propagation of (value, Jacobian) through the layers at points x (N, d).
+
+    Until the first ReLU or max pool the map is affine and the same for every point, so its
+    Jacobian is propagated once, on d columns (``shared``), and copied per point only there."""
 
     def __init__(self, inputs: Tensor, flat_inputs: Tensor, with_jacobian: bool) -> None:
         n, d = flat_inputs.shape
         self.n, self.d = n, d
         self.value = inputs
         self.jac = None
-        if with_jacobian:  # (N*d, *shape): column j of sample i is row i*d + j
+        self.shared = with_jacobian
+        if with_jacobian:  # (d, *shape) while shared, then (N*d, *shape): column j of sample i
+            # is row i*d + j
             eye = torch.eye(d, dtype=inputs.dtype, device=inputs.device)
-            self.jac = eye.expand(n, d, d).reshape(n * d, *inputs.shape[1:])
+            self.jac = eye.reshape(d, *inputs.shape[1:])
         self.patterns: list[Tensor] = []
         self.matrices: list[Tensor] = []
         self.offsets: list[Tensor] = []
         self.flat_inputs = flat_inputs
+
+    def per_point(self) -> None:
+        """Copy the shared Jacobian to every point (before the first pattern-dependent layer)."""
+        if self.shared:
+            self.jac = self.jac.unsqueeze(0).expand(self.n, *self.jac.shape)
+            self.jac = self.jac.reshape(self.n * self.d, *self.jac.shape[2:])
+            self.shared = False
 
     def _jac_per_sample(self, jac: Tensor) -> Tensor:
         """(N*d, units...) -> (N, units, d)."""
@@ -198,6 +210,8 @@ class _Propagation:
     def step(self, layer: nn.Module) -> None:
         if isinstance(layer, (nn.Dropout, nn.Identity)):
             return
+        if isinstance(layer, (nn.ReLU, nn.MaxPool2d)) and self.jac is not None:
+            self.per_point()
         if isinstance(layer, nn.ReLU):
             self._relu()
         elif isinstance(layer, nn.MaxPool2d):
@@ -278,6 +292,7 @@ def linear_regions(layers: list[nn.Module], inputs: Tensor, logits: Tensor | Non
             them (relative deviation at most ``CHECK_TOLERANCE``), else ValueError.
     """
     prop = _run(layers, inputs, with_jacobian=True)
+    prop.per_point()  # a network without ReLU or max pool: one affine map
     if prop.value.dim() != 2:
         raise ValueError(f"the layers must end in logits (N, K); got {tuple(prop.value.shape)}")
     jac3 = prop._jac_per_sample(prop.jac)
@@ -287,8 +302,8 @@ def linear_regions(layers: list[nn.Module], inputs: Tensor, logits: Tensor | Non
     region = Region(
         logits_map=jac3,
         logits_offset=offset,
-        halfspace_matrix=torch.cat(prop.matrices, 1) if prop.matrices else empty,
-        halfspace_offset=torch.cat(prop.offsets, 1) if prop.offsets else empty[..., 0],
+        halfspace_matrix=_concatenated(prop.matrices, empty),
+        halfspace_offset=_concatenated(prop.offsets, empty[..., 0]),
         patterns=torch.cat(prop.patterns, 1)
         if prop.patterns
         else torch.zeros(inputs.shape[0], 0, dtype=torch.bool),
@@ -296,6 +311,13 @@ def linear_regions(layers: list[nn.Module], inputs: Tensor, logits: Tensor | Non
     if logits is not None:
         check_region(region, prop.flat_inputs, logits)
     return region
+
+
+def _concatenated(parts: list[Tensor], empty: Tensor) -> Tensor:
+    """The layers' halfspaces side by side (no copy for a single layer)."""
+    if not parts:
+        return empty
+    return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
 def check_region(region: Region, flat_inputs: Tensor, logits: Tensor) -> None:

@@ -29,26 +29,17 @@ def _feasible(z: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> bool:
     return bool(np.all(matrix @ z + offset >= -FEASIBILITY_TOLERANCE * scale))
 
 
-def solve_l2(
-    x: np.ndarray, matrix: np.ndarray, offset: np.ndarray, solver: str = DEFAULT_QP_SOLVER
-) -> np.ndarray | None:
-    """argmin ||z - x||_2 s.t. matrix z + offset >= 0, 0 <= z <= 1 (Eq. (3), p = 2) as the QP
-    min 1/2 z'z - x'z; None when infeasible or the solver fails.
-
-    Args:
-        x: (d,) the original point.
-        matrix: (m, d) halfspace normals; offset: (m,).
-        solver: a ``qpsolvers`` name (one of ``QP_SOLVERS``).
-    """
+def _solve_qp(x: np.ndarray, matrix: np.ndarray, offset: np.ndarray, solver: str):
+    """min 1/2 z'z - x'z s.t. matrix z + offset >= 0, 0 <= z <= 1 with ``solver``; the solver's
+    point (unchecked) or None."""
     import qpsolvers
 
     d = x.shape[0]
     dense = solver in ("proxqp", "daqp")
     hessian = np.eye(d) if dense else sp.identity(d, format="csc")
     constraints = -matrix if dense else sp.csc_matrix(-matrix)
-    options = _qp_options(solver)
     try:
-        z = qpsolvers.solve_qp(
+        return qpsolvers.solve_qp(
             hessian,
             -x,
             constraints,
@@ -56,14 +47,66 @@ def solve_l2(
             lb=np.zeros(d),
             ub=np.ones(d),
             solver=solver,
-            **options,
+            **_qp_options(solver),
         )
     except Exception:  # solver failures (numerical errors) count as not solved
         return None
+
+
+def solve_l2(
+    x: np.ndarray,
+    matrix: np.ndarray,
+    offset: np.ndarray,
+    solver: str = DEFAULT_QP_SOLVER,
+    *,
+    keep: int | None = None,
+    cutoff: float = INF,
+) -> np.ndarray | None:
+    """argmin ||z - x||_2 s.t. matrix z + offset >= 0, 0 <= z <= 1 (Eq. (3), p = 2) as the QP
+    min 1/2 z'z - x'z; None when infeasible, when the solver fails, or when the optimum is not
+    below ``cutoff``.
+
+    With ``keep`` rows (the first ``keep``, the decision halfspaces) the QP is solved by
+    constraint generation: on those rows and the box first, then with every row the last
+    solution violated added, until none is violated. Each round's optimum is a lower bound on
+    the full problem's (its feasible set is larger), so the loop stops as soon as it reaches
+    ``cutoff``; the final point is the full problem's optimum, since it is optimal for a
+    relaxation and feasible. A region of a wide network has one halfspace per hidden unit, of
+    which few are active at the optimum (measured in docs/results/linear_region.md).
+
+    Args:
+        x: (d,) the original point.
+        matrix: (m, d) halfspace normals; offset: (m,).
+        solver: a ``qpsolvers`` name (one of ``QP_SOLVERS``).
+        keep: the rows to start from (None: all rows at once, one QP).
+        cutoff: a norm the caller has no use for reaching (its best so far).
+    """
+    if keep is None:
+        return _checked(x, _solve_qp(x, matrix, offset, solver), matrix, offset, cutoff)
+    scale = np.abs(matrix).sum(1) + np.abs(offset) + 1.0
+    working = np.zeros(matrix.shape[0], dtype=bool)
+    working[:keep] = True
+    while True:
+        z = _solve_qp(x, matrix[working], offset[working], solver)
+        if z is None:
+            return None
+        z = np.clip(z, 0.0, 1.0)
+        if np.linalg.norm(z - x) >= cutoff:
+            return None
+        violated = (matrix @ z + offset < -FEASIBILITY_TOLERANCE * scale) & ~working
+        if not violated.any():
+            return _checked(x, z, matrix, offset, cutoff)
+        working |= violated
+
+
+def _checked(x, z, matrix, offset, cutoff) -> np.ndarray | None:
+    """z clipped to the box if it is feasible and nearer x than ``cutoff``, else None."""
     if z is None:
         return None
     z = np.clip(z, 0.0, 1.0)
-    return z if _feasible(z, matrix, offset) else None
+    if not _feasible(z, matrix, offset) or np.linalg.norm(z - x) >= cutoff:
+        return None
+    return z
 
 
 def _qp_options(solver: str) -> dict:
@@ -128,7 +171,14 @@ def solve_l1(x: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> np.ndarra
 
 
 def solve_region_problem(
-    x: np.ndarray, matrix: np.ndarray, offset: np.ndarray, p: float, solver: str | None = None
+    x: np.ndarray,
+    matrix: np.ndarray,
+    offset: np.ndarray,
+    p: float,
+    solver: str | None = None,
+    *,
+    keep: int | None = None,
+    cutoff: float = INF,
 ) -> np.ndarray | None:
     """The Lp-closest point to x in {matrix z + offset >= 0} within [0, 1]^d (Eq. (3)).
 
@@ -137,9 +187,11 @@ def solve_region_problem(
         matrix: (m, d) halfspace normals; offset: (m,).
         p: 1, 2 or inf.
         solver: the QP solver for p = 2 (``qpsolvers`` name; default DAQP).
+        keep, cutoff: p = 2 only, constraint generation from the first ``keep`` rows and the
+            early stop at ``cutoff`` (``solve_l2``).
     """
     if p == 2:
-        return solve_l2(x, matrix, offset, solver or DEFAULT_QP_SOLVER)
+        return solve_l2(x, matrix, offset, solver or DEFAULT_QP_SOLVER, keep=keep, cutoff=cutoff)
     if p == INF:
         return solve_linf(x, matrix, offset)
     if p == 1:
