@@ -5,6 +5,9 @@ and written to docs/results/linear_region.md.
     python benchmarks/linear_region.py solvers            # region QP/LP solvers, side by side
     python benchmarks/linear_region.py table1 --n 50      # attacks and MIP per image
     python benchmarks/linear_region.py fab --n 50         # adv-lib FAB (peers environment)
+    python benchmarks/linear_region.py table2 --models mnist-mlp mnist-mlp-adv-pgd-l2 --n 20
+                                                          # C&W and DeepFool against rLR-QP
+    python benchmarks/linear_region.py table3 --n 20      # repeated applications, 1x1024-at
     python benchmarks/linear_region.py report             # docs/results/linear_region.md
 
 The options ``--models --n --batch-size --threads --data-dir --out`` are the benchmark harness's
@@ -32,8 +35,9 @@ import _harness as harness
 import numpy as np
 import torch
 
-from advx.attacks.linear_region import float64_layers, linear_regions
+from advx.attacks.linear_region import float64_layers, linear_regions, warm_start
 from advx.attacks.linear_region.solvers import QP_SOLVERS, solve_l1, solve_l2, solve_linf
+from advx.models.checkpoints import load, resolve_spec
 from advx.verify import minimal_perturbation
 
 INF = float("inf")
@@ -46,8 +50,10 @@ PAPER_TABLE1 = {  # Croce & Hein 2018, Table 1: mean / max of ||delta|| / ||delt
 
 
 TWO_STARTS = "rLR-QP-L2, DeepFool+DDN starts"
+CLASS_STARTS = "rLR-QP-L2, per-class DeepFool starts"
 FACETS = " + facet descent"  # suffix of the rows with linear_region's default facets=30
-RLR_L2 = ("rLR-QP", "rLR-QP-L2", TWO_STARTS, "rLR-QP-L2" + FACETS, TWO_STARTS + FACETS)
+RLR_L2 = ("rLR-QP", "rLR-QP-L2", TWO_STARTS, "rLR-QP-L2" + FACETS, TWO_STARTS + FACETS,
+          CLASS_STARTS + FACETS)  # fmt: skip
 ROUNDING = 1e-4
 """Relative excess of the MIP's float64 lower bound over a float32 attack's norm that the
 rounding of a point on the decision boundary explains (the attacks' points flip the argmax in
@@ -69,6 +75,8 @@ def _attacks(seed: int) -> dict[str, tuple[str, dict]]:
                                        "generator": torch.Generator().manual_seed(seed)}),
         TWO_STARTS + FACETS: ("linear-region", {"init": "deepfool+ddn",
                                                 "generator": torch.Generator().manual_seed(seed)}),
+        CLASS_STARTS + FACETS: ("linear-region", {"init": "deepfool+classes",
+                                                  "generator": torch.Generator().manual_seed(seed)}),
     }  # fmt: skip
 
 
@@ -152,6 +160,144 @@ def _mip_rows(store, name, model, xs, ys, idx, p, args) -> None:
                    "start_norm": float(start_norms[k])})  # fmt: skip
         print(f"{name} MIP L{tag} image {i}: {res.status[0]} {float(res.norms[0]):.5f} "
               f">= {float(res.lower_bounds[0]):.5f} ({res.seconds[0]:.1f} s)", flush=True)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- Table 2 and 3
+
+PAPER_TABLE2 = {  # Croce & Hein 2018, Table 2: CW/rLR and DF/rLR mean, min, max, IR %
+    ("mnist", 1, False): ((1.029, 0.827, 1.474, 94.4), (1.157, 1.000, 13.861, 99.9)),
+    ("mnist", 1, True): ((1.066, 0.454, 2.434, 83.3), (2.107, 1.000, 26.179, 100)),
+    ("mnist", 5, False): ((1.021, 0.496, 1.471, 89.3), (1.120, 1.001, 6.060, 100)),
+    ("mnist", 5, True): ((1.013, 0.585, 1.880, 75.1), (1.404, 1.000, 11.009, 100)),
+    ("mnist", 10, False): ((0.989, 0.704, 1.535, 47.8), (1.188, 1.000, 1.768, 100)),
+    ("mnist", 10, True): ((0.997, 0.270, 1.507, 67.7), (2.084, 1.000, 5.518, 100)),
+    ("cifar10", 1, False): ((1.090, 0.926, 1.802, 98.3), (1.056, 1.000, 1.966, 99.8)),
+    ("cifar10", 1, True): ((1.080, 0.998, 1.585, 99.9), (1.049, 1.000, 2.747, 99.9)),
+    ("cifar10", 5, False): ((1.082, 0.825, 1.783, 96.0), (1.096, 1.001, 4.166, 100)),
+    ("cifar10", 5, True): ((1.065, 0.769, 1.627, 94.4), (1.090, 1.001, 1.843, 100)),
+    ("cifar10", 10, False): ((1.073, 0.721, 2.225, 86.4), (1.212, 1.002, 2.143, 100)),
+    ("cifar10", 10, True): ((1.079, 0.644, 1.650, 86.4), (1.160, 1.000, 1.700, 99.8)),
+}
+TABLE2_ATTACKS = ("DeepFool", "C&W", "rLR-QP")
+
+
+def _hidden_layers(model) -> int:
+    return sum(isinstance(m, torch.nn.ReLU) for m in model.modules())
+
+
+def _table2_images(name: str, n: int, data_dir=None):
+    """A zoo model or trained variant (``mnist-mlp-adv-pgd-l2``), its dataset and its correctly
+    classified images among the first n test images, with their indices."""
+    model = load(name, data_dir, train_if_missing=False)
+    dataset = resolve_spec(name).dataset
+    x, y, idx = harness.correct_test_images(model, dataset, n, data_dir)
+    keep = idx < n
+    return model, dataset, x[keep], y[keep], idx[keep]
+
+
+def _table2_attack(label: str, layers: int, seed: int) -> tuple[str, dict]:
+    """The paper's protocol: rLR-QP searches all target classes on one hidden layer and the
+    warm start's class only on deeper networks; C&W and DeepFool with their defaults."""
+    if label == "rLR-QP":
+        return "linear-region", {"target_classes": "all" if layers == 1 else "init",
+                                 "generator": torch.Generator().manual_seed(seed)}  # fmt: skip
+    return {"DeepFool": ("deepfool", {}), "C&W": ("cw-l2", {})}[label]
+
+
+def table2(args) -> None:
+    """Per model and chunk of ``--batch-size`` images: DeepFool, C&W, rLR-QP and the warm start
+    (DeepFool plus the binary search), each image's L2 norm (inf: no adversarial) and seconds."""
+    store = harness.setup(args)
+    for name in args.models:
+        model, dataset, xs, ys, idx = _table2_images(name, args.n, args.data_dir)
+        layers = _hidden_layers(model)
+        for start in range(0, len(xs), args.batch_size):
+            part = slice(start, start + args.batch_size)
+            x, y, images = xs[part], ys[part], idx[part].tolist()
+            key = f"t2|{name}|warm start|{images[0]}|{len(images)}"
+            if key not in store:
+                points, found = warm_start(model, x, y, 2.0, False)
+                norms = torch.where(found, _norms(points, x, 2), torch.full_like(found, INF,
+                                    dtype=torch.float64))  # fmt: skip
+                store.add(key, {"table": 2, "model": name, "dataset": dataset, "layers": layers,
+                                "attack": "warm start", "images": images,
+                                "norms": norms.tolist(), "seconds_per_image": 0.0})  # fmt: skip
+            for label in TABLE2_ATTACKS:
+                key = f"t2|{name}|{label}|{images[0]}|{len(images)}"
+                if key in store:
+                    continue
+                function, hyper = _table2_attack(label, layers, args.seed + images[0])
+                result = harness.run(model, x, y, function, norm=2.0, hyperparameters=hyper,
+                                     batch=len(images))  # fmt: skip
+                s = result.samples
+                norms = np.where(s["success"].astype(bool), s["l2"], INF)
+                if label == "rLR-QP":
+                    path = _points_file(args, name, images)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    torch.save(result.adversarials.cpu(), path)
+                store.add(key, {"table": 2, "model": name, "dataset": dataset, "layers": layers,
+                                "attack": label, "images": images, "norms": norms.tolist(),
+                                "seconds_per_image": float(s["seconds"].mean())})  # fmt: skip
+                print(f"{name} images {images[0]}..{images[-1]} {label}: "
+                      f"{float(s['seconds'].mean()):.2f} s/img", flush=True)  # fmt: skip
+
+
+def table3(args) -> None:
+    """Repeated applications (Table 3): on the Table-2 images of ``--models`` (default the
+    MNIST 1x1024-at model) where ||delta_CW|| / ||delta_rLR|| < 0.95, rLR-QP again from its own
+    output, restricted to that output's class, ``--applications`` times; every application's
+    norms stored."""
+    store = harness.setup(args)
+    rows = list(store.values())
+    for name in args.models:
+        cw, rlr = _per_image(rows, name, "C&W"), _per_image(rows, name, "rLR-QP")
+        chosen = sorted(i for i in rlr if i in cw and cw[i] < 0.95 * rlr[i])
+        key = f"t3|{name}|{args.applications}|{','.join(map(str, chosen))}"
+        if not chosen or key in store:
+            continue
+        model, _, xs, ys, idx = _table2_images(name, max(chosen) + 1, args.data_dir)
+        where = [idx.tolist().index(i) for i in chosen]
+        x, y = xs[where], ys[where]
+        current = _stored_points(rows, name, chosen, x, args)
+        norms = [_norms(current, x, 2).tolist()]
+        for k in range(args.applications):
+            hyper = {"init": current, "target_classes": "init",
+                     "generator": torch.Generator().manual_seed(args.seed + k)}  # fmt: skip
+            result = harness.run(model, x, y, "linear-region", norm=2.0, hyperparameters=hyper,
+                                 batch=len(chosen))  # fmt: skip
+            current = result.adversarials
+            norms.append(_norms(current, x, 2).tolist())
+            print(f"{name} application {k + 2}: mean norm {statistics.mean(norms[-1]):.4f}",
+                  flush=True)  # fmt: skip
+        store.add(key, {"table": 3, "model": name, "images": chosen, "norms": norms,
+                        "cw": [cw[i] for i in chosen]})  # fmt: skip
+
+
+def _per_image(rows, name: str, attack: str) -> dict:
+    out = {}
+    for r in rows:
+        if r.get("table") == 2 and r["model"] == name and r["attack"] == attack:
+            out.update(zip(r["images"], r["norms"]))
+    return out
+
+
+def _points_file(args, name: str, images: list[int]) -> Path:
+    """Where table2 keeps rLR-QP's points of one chunk (the start of table3's applications)."""
+    out = Path(args.out)
+    folder = out.parent / f"{out.stem}-points" if out.suffix == ".jsonl" else out / "points"
+    return folder / f"{name}-{images[0]}-{len(images)}.pt"
+
+
+def _stored_points(rows, name, chosen, x, args):
+    """rLR-QP's first-application points on the chosen images, from table2's chunk files."""
+    points = x.clone()
+    for r in rows:
+        if r.get("table") == 2 and r["model"] == name and r["attack"] == "rLR-QP":
+            chunk = torch.load(_points_file(args, name, r["images"]), weights_only=True)
+            for k, i in enumerate(chosen):
+                if i in r["images"]:
+                    points[k] = chunk[r["images"].index(i)]
+    return points
 
 
 def fab(args) -> None:
@@ -239,6 +385,8 @@ def report(args) -> None:
     lines += _solver_section(rows)
     lines += _table1_section(rows)
     lines += _targets_section(rows)
+    lines += _table2_section(rows)
+    lines += _table3_section(rows)
     lines += [
         "## Deviations from the paper",
         "",
@@ -258,6 +406,12 @@ def report(args) -> None:
         "alone, the misses look like local optima: in an ad-hoc check (not stored) on mnist-n1's "
         "misses, more random points (n1 = n2 = 20, or n4 = 9) or three applications fixed at most "
         "one more of them, while the DDN start fixed several.",
+        f"- The row '{CLASS_STARTS + FACETS}' is our addition too: "
+        "``linear_region(init='deepfool+classes')`` adds a targeted DeepFool start towards "
+        "every other class (bisected to that class's boundary); they seed the stored set S, and "
+        "after the facet descent from the best point the descent runs again from each class's "
+        "best point within alpha of the best, restricted to that class. On the misses of the "
+        "other rows the MIP's optimum often lies in another class than rLR-QP's point.",
         f"- The rows ending in '{FACETS}' are our addition too: the default "
         "``linear_region(facets=30)`` runs Algorithm 1 and then a descent over the regions across "
         "the 30 facets nearest the best point, repeated from each better point (the rows without "
@@ -395,6 +549,97 @@ def _targets_section(rows) -> list[str]:
     return out
 
 
+def _ratio_cells(other: dict, rlr: dict) -> tuple[str, int, list[float]]:
+    """'mean / min / max | IR % (failures)' of ||delta_other|| / ||delta_rLR|| over the images
+    where both found an adversarial (the paper leaves the other attack's failures out)."""
+    ratios = [other[i] / rlr[i] for i in rlr if math.isfinite(other.get(i, INF))
+              and math.isfinite(rlr[i]) and rlr[i] > 0]  # fmt: skip
+    failures = sum(not math.isfinite(other.get(i, INF)) for i in rlr)
+    if not ratios:
+        return "- | -", failures, ratios
+    better = 100 * sum(r > 1 for r in ratios) / len(ratios)
+    cell = (f"{statistics.mean(ratios):.3f} / {min(ratios):.3f} / {max(ratios):.3f} | "
+            f"{better:.1f}" + (f" ({failures})" if failures else ""))  # fmt: skip
+    return cell, failures, ratios
+
+
+def _table2_section(rows) -> list[str]:
+    """Table 2 from the stored chunks: per model, CW/rLR and DF/rLR beside the paper's."""
+    t2 = [r for r in rows if r.get("table") == 2]
+    if not t2:
+        return []
+    out = ["## Table 2: C&W and DeepFool against rLR-QP on 1x/5x/10x1024 MLPs", "",
+           "Command: `python benchmarks/linear_region.py table2 --models <model> --n <n> "
+           "--batch-size <b> --out results/lr-table2.jsonl` per model (chunks stored as they "
+           "finish; a rerun resumes). Each cell: mean / min / max of "
+           "||delta_attack||_2 / ||delta_rLR-QP||_2 | IR, the percentage of images where "
+           "rLR-QP's perturbation is the smaller, with the attack's failures in brackets (left "
+           "out of the statistics, as in the paper). Paper: Croce & Hein 2018, Table 2, over the "
+           "first 1000/700/500 test images.", "",
+           "| model | data | layers | at | images | C&W / rLR: mean / min / max | IR % | "
+           "DeepFool / rLR | IR % | rLR failures | rLR s / img | C&W s / img | paper C&W | "
+           "paper DeepFool |", "|" + "---|" * 14]  # fmt: skip
+    settings = []
+    for name in sorted({r["model"] for r in t2}):
+        mine = [r for r in t2 if r["model"] == name]
+        rlr = _per_image(mine, name, "rLR-QP")
+        if not rlr:
+            continue
+        first = mine[0]
+        at = "-adv-" in name
+        cw_cell, _, cw_ratios = _ratio_cells(_per_image(mine, name, "C&W"), rlr)
+        df_cell, _, _ = _ratio_cells(_per_image(mine, name, "DeepFool"), rlr)
+        paper = PAPER_TABLE2.get((first["dataset"], first["layers"], at))
+        paper_cells = [f"{p[0]:.3f} / {p[1]:.3f} / {p[2]:.3f}, IR {p[3]}" for p in paper] if \
+            paper else ["-", "-"]  # fmt: skip
+        failures = sum(not math.isfinite(v) for v in rlr.values())
+        out.append(f"| {name} | {first['dataset']} | {first['layers']} | {'yes' if at else 'no'} "
+                   f"| {len(rlr)} | {cw_cell} | {df_cell} | {failures} | "
+                   f"{_seconds(mine, 'rLR-QP')} | {_seconds(mine, 'C&W')} | "
+                   f"{paper_cells[0]} | {paper_cells[1]} |")  # fmt: skip
+        if cw_ratios:
+            settings.append((name, statistics.mean(cw_ratios), failures))
+    out += ["", f"Settings with mean C&W / rLR >= 1: {sum(m >= 1 for _, m, _ in settings)} of "
+            f"{len(settings)} measured (target: 10 of 12); rLR-QP without an adversarial on "
+            f"{sum(f for *_, f in settings)} images.", ""]  # fmt: skip
+    return out
+
+
+def _seconds(rows, attack: str) -> str:
+    """Seconds per image over the chunks of one attack, weighted by the chunks' sizes."""
+    chunks = [r for r in rows if r["attack"] == attack]
+    images = sum(len(r["images"]) for r in chunks)
+    total = sum(r["seconds_per_image"] * len(r["images"]) for r in chunks)
+    return f"{total / images:.2f}" if images else "-"
+
+
+def _table3_section(rows) -> list[str]:
+    """Table 3: the applications' C&W / rLR statistics and the improvement between them."""
+    t3 = [r for r in rows if r.get("table") == 3]
+    out = []
+    for r in t3:
+        out += [f"## Table 3: repeated applications of rLR-QP on {r['model']}", "",
+                f"The {len(r['images'])} images of Table 2 with ||delta_CW|| / ||delta_rLR|| < "
+                "0.95 after the first application; rLR-QP rerun from its own output, restricted "
+                "to that output's class. Command: `python benchmarks/linear_region.py table3 "
+                f"--models {r['model']} --applications {len(r['norms']) - 1} --out "
+                "results/lr-table2.jsonl`.", "",
+                "| application | C&W / rLR mean / min / max | images with rLR < C&W | mean "
+                "improvement over the previous | max improvement |", "|---|---|---|---|---|"]  # fmt: skip
+        for k, norms in enumerate(r["norms"]):
+            ratios = [c / n for c, n in zip(r["cw"], norms)]
+            cells = f"{statistics.mean(ratios):.3f} / {min(ratios):.3f} / {max(ratios):.3f}"
+            if k:
+                gains = [a / b - 1 for a, b in zip(r["norms"][k - 1], norms)]
+                gain = f"{100 * statistics.mean(gains):.1f}% | {100 * max(gains):.1f}%"
+            else:
+                gain = "- | -"
+            wins = sum(n < c for c, n in zip(r["cw"], norms))
+            out.append(f"| {k + 1} | {cells} | {wins} | {gain} |")
+        out.append("")
+    return out
+
+
 def _best_known(l2_rows, mips) -> dict:
     """Per image, the smallest L2 norm any attack or the MIP found (an upper bound on the
     minimum)."""
@@ -445,7 +690,12 @@ def build_parser() -> argparse.ArgumentParser:
         out="results/linear_region.jsonl",
         threads=int(os.environ.get("OMP_NUM_THREADS", "1")),
     )
-    parser.add_argument("command", choices=("table1", "fab", "solvers", "report"))
+    parser.add_argument(
+        "command", choices=("table1", "table2", "table3", "fab", "solvers", "report")
+    )
+    parser.add_argument(
+        "--applications", type=int, default=4, help="table3: applications after the first"
+    )
     parser.add_argument("--mip-n", type=int, default=50, help="images given to the MIP")
     parser.add_argument("--norms", nargs="+", type=float, default=[2.0, INF])
     parser.add_argument("--time-limit", type=float, default=60.0)
@@ -461,11 +711,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run ``table1``, ``fab``, ``solvers`` or ``report`` (``argv``: the arguments)."""
+    """Run ``table1``, ``table2``, ``table3``, ``fab``, ``solvers`` or ``report`` (``argv``: the
+    arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    harness.require_zoo_models(parser, args)  # first_test_images loads zoo models by name
-    {"table1": table1, "fab": fab, "solvers": solvers, "report": report}[args.command](args)
+    harness.require_zoo_models(parser, args)  # zoo models (and their trained variants) by name
+    commands = {"table1": table1, "table2": table2, "table3": table3, "fab": fab,
+                "solvers": solvers, "report": report}  # fmt: skip
+    commands[args.command](args)
 
 
 if __name__ == "__main__":

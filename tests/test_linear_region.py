@@ -340,6 +340,33 @@ def test_two_warm_starts_never_end_above_the_nearer_start(p):
     assert (norms[torch.isfinite(bound)] <= bound[torch.isfinite(bound)] * (1 + 1e-9)).all()
 
 
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_class_starts_reach_their_class_and_the_attack_never_ends_above_them(p):
+    from advx.attacks.linear_region.attack import class_starts
+
+    net = _mlp(4, sizes=(6, 10, 4), batchnorm=False).double()
+    x = torch.rand(5, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    with torch.no_grad():
+        labels = net(x).argmax(1)
+    starts = class_starts(net, x, labels, p, 4)
+    assert len(starts) == 4
+    nearest = torch.full((5,), INF, dtype=x.dtype)
+    for c, (points, found) in enumerate(starts):
+        assert not found[labels == c].any()
+        with torch.no_grad():
+            assert (net(points[found]).argmax(1) == c).all()
+        nearest = torch.where(found, torch.minimum(nearest, (points - x).norm(p=p, dim=1)), nearest)
+    out = linear_region(
+        net, x, labels, norm=p, init="deepfool+classes", n1=2, n2=2, n3=1, n4=1,
+        generator=torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    reached = torch.isfinite(nearest)
+    with torch.no_grad():
+        assert (net(out).argmax(1)[reached] != labels[reached]).all()
+    norms = (out - x).norm(p=p, dim=1)
+    assert (norms[reached] <= nearest[reached] * (1 + 1e-9)).all()
+
+
 def test_warm_starts_keep_a_margin_above_rounding():
     """The bisected warm starts (DeepFool's, DDN's) stay adversarial on any batch composition:
     their margin exceeds the logits' rounding (a bare argmax flip lost the MIP's incumbent)."""
