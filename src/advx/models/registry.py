@@ -242,8 +242,8 @@ register(
 )
 
 # Linear-region paper (Croce & Hein, GCPR 2018) models: N1 (784-50-10) and N2 (784-50-15-10) for
-# the comparison with the exact MIP (Table 1), and the k x 1024 ReLU MLPs of Table 2 (1x1024 is
-# "mnist-mlp" above).
+# the comparison with the exact MIP (Table 1), and the k x 1024 ReLU MLPs of Table 2 on MNIST
+# (1x1024 is "mnist-mlp" above) and CIFAR-10.
 for _name, _hidden, _shape in (
     ("mnist-n1", (50,), "784-50-10"),
     ("mnist-n2", (50, 15), "784-50-15-10"),
@@ -275,6 +275,22 @@ for _layers in (5, 10):
             schedule="onecycle",
             expected_accuracy=0.975,
             description=f"MLP 784-{'-'.join(['1024'] * _layers)}-10 (ReLU) of the "
+            "linear-region paper's Table 2",
+        )
+    )
+for _layers in (1, 5, 10):
+    register(
+        ModelSpec(
+            name=f"cifar-mlp{_layers}x1024",
+            dataset="cifar10",
+            builder=partial(CifarMLP, hidden=(1024,) * _layers, activation="relu"),
+            epochs=8,
+            batch_size=128,
+            optimizer="adam",
+            lr=1e-3,
+            schedule="onecycle",
+            expected_accuracy=0.45,
+            description=f"MLP 3072-{'-'.join(['1024'] * _layers)}-10 (ReLU) of the "
             "linear-region paper's Table 2",
         )
     )
