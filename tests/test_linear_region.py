@@ -87,6 +87,67 @@ def test_region_reproduces_logits_inside_the_region(builder, shape):
     assert ((region.slack(far.reshape(4, -1)) < 0).any(1) == differs).all()
 
 
+def _conv_without_pooling(seed=0):
+    torch.manual_seed(seed)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.AvgPool2d(2),
+        nn.Flatten(), nn.Linear(48, 6), nn.ReLU(), nn.Linear(6, 3),
+    )  # fmt: skip
+    net[1].running_mean.uniform_(-0.2, 0.2)
+    net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+@pytest.mark.parametrize("builder, shape", [(_mlp, (6,)), (_conv_without_pooling, (1, 8, 8))])
+def test_implicit_regions_equal_the_explicit_ones(builder, shape):
+    from advx.attacks.linear_region.geometry import ImplicitRegions
+
+    layers = float64_layers(builder())
+    points = torch.rand(4, *shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    explicit = linear_regions(layers, points)
+    implicit = ImplicitRegions(layers, points)
+    torch.testing.assert_close(implicit.logits_map, explicit.logits_map)
+    torch.testing.assert_close(implicit.logits_offset, explicit.logits_offset)
+    z = torch.rand(
+        points[0].numel(), generator=torch.Generator().manual_seed(6), dtype=torch.float64
+    )
+    for k in range(4):
+        which = torch.tensor([0, 2, 3])
+        rows, offsets = implicit.halfspaces(k, which)
+        torch.testing.assert_close(rows, explicit.halfspace_matrix[k, which])
+        torch.testing.assert_close(offsets, explicit.halfspace_offset[k, which])
+        values = explicit.halfspace_matrix[k] @ z + explicit.halfspace_offset[k]
+        torch.testing.assert_close(implicit.values(k, z), values)
+        assert (implicit.values_at_points[k] >= 0).all()
+    with pytest.raises(TypeError, match="MaxPool2d"):
+        ImplicitRegions(float64_layers(_convnet()), torch.rand(1, 1, 8, 8, dtype=torch.float64))
+
+
+def test_attack_on_implicit_regions_equals_the_explicit_path(monkeypatch):
+    """A network with more hidden units than WORKING_SET_ROWS takes the implicit regions and
+    constraint generation in L2; the result is the explicit path's."""
+    from advx.attacks.linear_region import attack as module
+
+    net = _mlp(7, sizes=(6, 150, 120, 3), batchnorm=False).double()
+    x = torch.rand(4, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    with torch.no_grad():
+        labels = net(x).argmax(1)
+
+    def run():
+        return linear_region(net, x, labels, n1=2, n2=3, n3=1, n4=1, facets=3,
+                             generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+    settings = module._Settings(p=2.0, targeted=False, alpha=1.5, solver="daqp")
+    assert module._Search(net, x, settings).implicit
+    implicit = run()
+    monkeypatch.setattr(
+        module._Search, "regions", lambda self, pts: linear_regions(self.layers, pts)
+    )
+    explicit = run()
+    norms = (implicit - x).norm(dim=1), (explicit - x).norm(dim=1)
+    torch.testing.assert_close(norms[0], norms[1], rtol=1e-6, atol=1e-9)
+
+
 def test_region_of_a_float32_model_matches_its_logits():
     net = _convnet(2)
     x = torch.rand(3, 1, 8, 8)

@@ -30,13 +30,21 @@ from .._core import (
 from ..ddn import ddn
 from ..deepfool import deepfool
 from .geometry import (
+    ImplicitRegions,
     Region,
     activation_patterns,
     float64_layers,
     linear_regions,
     piecewise_linear_layers,
 )
-from .solvers import DEFAULT_QP_SOLVER, QP_SOLVERS, solve_region_problem
+from .solvers import (
+    DEFAULT_QP_SOLVER,
+    FEASIBILITY_TOLERANCE,
+    QP_SOLVERS,
+    most_violated,
+    solve_l2_generated,
+    solve_region_problem,
+)
 
 EXTENSIONS = (0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3)
 """Relative lengthenings tried, in order, when a region solution (which lies on the decision
@@ -46,7 +54,8 @@ BINARY_SEARCH_STEPS = 20
 INITS = ("deepfool", "deepfool+ddn", "deepfool+classes")
 WORKING_SET_ROWS = 200
 """L2 region problems with more halfspaces than this are solved by constraint generation
-(``solve_l2``'s ``keep``); measured: 3.2x less solver time on 784-1024-10 regions (1025 rows),
+(``solve_l2``'s ``keep``; on networks without max pooling from ``ImplicitRegions``, which builds
+only the rows asked for); measured: 3.2x less solver time on 784-1024-10 regions (1025 rows),
 none gained on N1's (51 rows). See docs/results/linear_region.md."""
 DDN_STEPS = 1000  # the DDN warm start of init="deepfool+ddn"
 
@@ -145,8 +154,6 @@ def _solve_region(
     change the attack's state). Returns (norm, point) of the best verified adversarial, or
     (inf, None)."""
     q = dual_exponent(settings.p)
-    matrix = region.halfspace_matrix[k].numpy()
-    offset = region.halfspace_offset[k].numpy()
     problems = []
     for target in sample.classes:
         rows, offs = _decision_rows(region, k, sample.source, target, settings.targeted)
@@ -158,11 +165,7 @@ def _solve_region(
     for bound, target, rows, offs in problems:
         if bound >= min(threshold, best_norm):
             break
-        z = solve_region_problem(
-            sample.x, np.vstack([rows, matrix]), np.concatenate([offs, offset]), settings.p,
-            settings.solver, keep=len(rows) if len(matrix) > WORKING_SET_ROWS else None,
-            cutoff=min(threshold, best_norm),
-        )  # fmt: skip
+        z = _region_problem(region, k, sample.x, rows, offs, settings, min(threshold, best_norm))
         sample.solves += 1
         if z is None:
             continue
@@ -174,6 +177,37 @@ def _solve_region(
             if norm < best_norm:
                 best_norm, best_point = norm, z
     return best_norm, best_point
+
+
+def _region_problem(
+    region: Region | ImplicitRegions,
+    k: int,
+    x: np.ndarray,
+    rows: np.ndarray,
+    offsets: np.ndarray,
+    settings: _Settings,
+    cutoff: float,
+) -> np.ndarray | None:
+    """Problem (3) on region k with the decision halfspaces (rows, offsets): from the explicit
+    halfspaces of a ``Region``, or by constraint generation from an ``ImplicitRegions`` (L2)."""
+    if isinstance(region, Region):
+        matrix = region.halfspace_matrix[k].numpy()
+        offset = region.halfspace_offset[k].numpy()
+        return solve_region_problem(
+            x, np.vstack([rows, matrix]), np.concatenate([offsets, offset]), settings.p,
+            settings.solver, keep=len(rows) if len(matrix) > WORKING_SET_ROWS else None,
+            cutoff=cutoff,
+        )  # fmt: skip
+    given = np.zeros(region.values_at_points.shape[1], dtype=bool)
+
+    def violated(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        values = region.values(k, torch.as_tensor(z)).numpy()
+        new = most_violated(values, -FEASIBILITY_TOLERANCE, given)
+        given[new] = True
+        found_rows, found_offsets = region.halfspaces(k, torch.as_tensor(new.nonzero()[0]))
+        return found_rows.numpy(), found_offsets.numpy()
+
+    return solve_l2_generated(x, rows, offsets, violated, settings.solver, cutoff=cutoff)
 
 
 def _record(sample: _Sample, norm: float, point: np.ndarray, alpha: float) -> None:
@@ -210,6 +244,13 @@ class _Search:
         self.layers = float64_layers(model)
         self.settings = settings
         self.d = int(np.prod(self.shape))
+        with torch.no_grad():
+            units = activation_patterns(self.layers, inputs[:1].double().cpu()).shape[1]
+        self.implicit = (
+            settings.p == 2
+            and units > WORKING_SET_ROWS
+            and not any(isinstance(layer, nn.MaxPool2d) for layer in self.layers)
+        )
 
     def check(self, z: np.ndarray, sample: _Sample, target: int) -> np.ndarray | None:
         """The region solution, lengthened by the least of ``EXTENSIONS`` that makes the model
@@ -250,7 +291,7 @@ class _Search:
         chunk = self._chunk(patterns.shape[1])
         for start in range(0, len(fresh), chunk):
             idx = fresh[start : start + chunk]
-            region = linear_regions(self.layers, batch[idx])
+            region = self.regions(batch[idx])
             for k, j in enumerate(idx):
                 sample = samples[owners[j]]
                 sample.regions += 1
@@ -260,6 +301,13 @@ class _Search:
                 )  # fmt: skip
                 if point is not None:
                     _record(sample, norm, point, self.settings.alpha)
+
+    def regions(self, points: Tensor) -> Region | ImplicitRegions:
+        """The regions of ``points``: implicit (halfspaces on demand) for L2 on networks without
+        max pooling whose hidden units outnumber ``WORKING_SET_ROWS``, explicit otherwise."""
+        if self.implicit:
+            return ImplicitRegions(self.layers, points)
+        return linear_regions(self.layers, points)
 
     def radius(self, sample: _Sample, a1: int) -> float:
         """u / a1, or the box diameter when no adversarial is known yet."""

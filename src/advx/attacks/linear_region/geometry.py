@@ -313,6 +313,76 @@ def linear_regions(layers: list[nn.Module], inputs: Tensor, logits: Tensor | Non
     return region
 
 
+class ImplicitRegions:
+    """The linear regions Q(y) of a batch of points y given by their activation patterns alone,
+    for networks without max pooling: with the pattern fixed the network is affine, so a
+    halfspace row (a hidden unit's pre-activation, signed by its state; the polytope equation of
+    Croce & Hein 2018, Sec. 2) is produced only when asked for, by reverse-mode autograd through
+    the fixed-pattern network, and the values of all of them at a point by one forward pass.
+    ``linear_regions`` builds every row at once (units x d per layer); a deep network's region
+    problem needs few of them (constraint generation, ``solvers.solve_l2_generated``).
+
+    Attributes:
+        logits_map, logits_offset: V (N, K, d) and a (N, K) of every region, as in ``Region``.
+        values_at_points: (N, H) the halfspace values at the points themselves (all >= 0).
+    """
+
+    def __init__(self, layers: list[nn.Module], points: Tensor) -> None:
+        if any(isinstance(layer, nn.MaxPool2d) for layer in layers):
+            raise TypeError("ImplicitRegions: MaxPool2d layers need linear_regions")
+        self.layers = layers
+        self.shape = points.shape[1:]
+        self.flat_points = points.reshape(points.shape[0], -1)
+        self.masks = _run(layers, points, with_jacobian=False).patterns
+        with torch.no_grad():
+            values, logits = zip(*(self._forward(k, points[k : k + 1]) for k in range(len(points))))
+        self.values_at_points = torch.cat(values)
+        self.logits_map = torch.stack(
+            [self._rows(k, lambda v, logits: logits[0]) for k in range(len(points))]
+        )
+        self.logits_offset = torch.cat(logits) - torch.einsum(
+            "nkd,nd->nk", self.logits_map, self.flat_points
+        )
+
+    def _forward(self, k: int, z: Tensor) -> tuple[Tensor, Tensor]:
+        """Halfspace values (M, H) and logits (M, K) at z (M, ...) under region k's pattern."""
+        value, relu, values = z, 0, []
+        for layer in self.layers:
+            if isinstance(layer, (nn.Dropout, nn.Identity)):
+                continue
+            if isinstance(layer, nn.ReLU):
+                mask = self.masks[relu][k].reshape(value.shape[1:]).to(value.dtype)
+                values.append(((2 * mask - 1) * value).reshape(value.shape[0], -1))
+                value = value * mask
+                relu += 1
+            else:
+                value = layer(value)
+        empty = value.new_zeros(value.shape[0], 0)
+        return (torch.cat(values, 1) if values else empty), value
+
+    def _rows(self, k: int, pick) -> Tensor:
+        """The rows (M, d) of the affine outputs ``pick(values, logits)`` (M,) of region k."""
+        z = self.flat_points[k].reshape(1, *self.shape).clone().requires_grad_(True)
+        with torch.enable_grad():
+            out = pick(*self._forward(k, z))
+            if out.numel() == 0:
+                return z.new_zeros(0, z.numel())
+            eye = torch.eye(out.numel(), dtype=out.dtype, device=out.device)
+            (grads,) = torch.autograd.grad(out, z, eye, is_grads_batched=True)
+        return grads.reshape(out.numel(), -1).detach()
+
+    def halfspaces(self, k: int, which: Tensor) -> tuple[Tensor, Tensor]:
+        """Rows (M, d) and offsets (M,) of region k's halfspaces ``which`` (indices)."""
+        rows = self._rows(k, lambda values, logits: values[0, which])
+        offsets = self.values_at_points[k, which] - rows @ self.flat_points[k]
+        return rows, offsets
+
+    def values(self, k: int, z: Tensor) -> Tensor:
+        """Region k's halfspace values (H,) at the flat point z (d,): A z + b."""
+        with torch.no_grad():
+            return self._forward(k, z.reshape(1, *self.shape))[0][0]
+
+
 def _concatenated(parts: list[Tensor], empty: Tensor) -> Tensor:
     """The layers' halfspaces side by side (no copy for a single layer)."""
     if not parts:
@@ -336,6 +406,7 @@ def check_region(region: Region, flat_inputs: Tensor, logits: Tensor) -> None:
 
 __all__ = [
     "CHECK_TOLERANCE",
+    "ImplicitRegions",
     "Region",
     "SUPPORTED_LAYERS",
     "activation_patterns",
