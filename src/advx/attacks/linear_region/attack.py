@@ -405,9 +405,10 @@ def _algorithm1(
     """Croce & Hein (2018), Algorithm 1, for all samples at once (the state is per sample)."""
     alpha = search.settings.alpha
     search.visit(samples, [[s.x] for s in samples])  # line 1: the region of x (before S exists)
-    for s in samples:  # line 3: S holds n1 copies of the best perturbation (after the seeds)
+    for s in samples:  # line 3: S holds n1 copies of the best perturbation (after the seeds
+        # within alpha of it: others could not enter S by lines 17-18 either)
         delta = s.best - s.x if s.best is not None else np.zeros_like(s.x)
-        seeds = s.seeds[: n1 - 1]
+        seeds = [d for d in s.seeds if _norm(d, search.settings.p) < alpha * s.u][: n1 - 1]
         s.stack = [seed.copy() for seed in seeds] + [delta.copy() for _ in range(n1 - len(seeds))]
         s.stack_norms = [_norm(seed, search.settings.p) for seed in seeds]
         s.stack_norms += [s.u] * (n1 - len(seeds))
@@ -418,7 +419,6 @@ def _algorithm1(
         for _ in range(n2):  # local search around the best
             centres = [[(s.best - s.x) if s.best is not None else 0 * s.x] for s in samples]
             search.visit(samples, search.around(samples, centres, 1, a1, generator))
-    del alpha
 
 
 # --------------------------------------------------------------------------- warm start
@@ -651,10 +651,10 @@ def linear_region(
         targeted: reach ``labels`` instead of leaving them.
         n1, n2, n3, n4, alpha: Algorithm 1's hyperparameters (the paper's defaults).
         init: "deepfool" (the paper's warm start), "deepfool+ddn" (our addition: also DDN,
-            ``ddn_start``; the nearer adversarial start is the best and the other seeds the
-            stored set S, so the exploration starts around both), "deepfool+classes" (our
+            ``ddn_start``; the nearer adversarial start is the best and the other, if within
+            alpha of it, seeds the stored set S, so the exploration starts around both), "deepfool+classes" (our
             addition: also a targeted DeepFool start towards every other class, ``class_starts``;
-            they seed S, and the facet descent runs again from each class's best point within
+            those within alpha of the best seed S, and the facet descent runs again from each class's best point within
             alpha of the best, restricted to that class), or a tensor of starting points
             (adversarial ones are used as the warm start without the binary search; others are
             ignored).
