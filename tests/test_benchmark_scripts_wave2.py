@@ -160,6 +160,32 @@ def test_linear_region_report_reads_stored_rows(scripts, tmp_path, capsys):
     assert "| DeepFool | 0.010 | 1.1500 / 1.2000 | 2 |" in text
 
 
+def test_linear_region_report_computes_tables_2_and_3(scripts, tmp_path):
+    """CW/rLR and DF/rLR with the other attack's failures left out and counted, the improvement
+    rate, and Table 3's per-application statistics, from stored rows."""
+    base = {"table": 2, "model": "mnist-mlp-adv-pgd-l2", "dataset": "mnist", "layers": 1}
+    base |= {"images": [0, 1, 2], "seconds_per_image": 2.0}
+    rows = [
+        base | {"key": "a", "attack": "rLR-QP", "norms": [1.0, 2.0, 4.0]},
+        base | {"key": "b", "attack": "C&W", "norms": [1.1, 1.8, float("inf")]},
+        base | {"key": "c", "attack": "DeepFool", "norms": [1.5, 2.0, 6.0]},
+        {"key": "t3", "table": 3, "model": "mnist-mlp-adv-pgd-l2", "images": [1]}
+        | {"norms": [[2.0], [1.9], [1.6]], "cw": [1.8]},
+    ]
+    _write_rows(tmp_path / "lr.jsonl", rows)
+    doc = tmp_path / "lr.md"
+    scripts("linear_region").main(
+        ["report", "--out", str(tmp_path / "lr.jsonl"), "--doc", str(doc)]
+    )
+    text = doc.read_text()
+    # C&W: ratios 1.1 and 0.9 (image 2 failed), rLR smaller on 1 of 2; DeepFool: 1.5, 1.0, 1.5
+    assert "| 3 | 1.000 / 0.900 / 1.100 | 50.0 (1) | 1.333 / 1.000 / 1.500 | 66.7 | 0 |" in text
+    assert "1.066 / 0.454 / 2.434, IR 83.3" in text  # the paper's MNIST 1x1024 at row
+    assert "Settings with mean C&W / rLR >= 1: 1 of 1 measured" in text
+    assert "| 2 | 0.947 / 0.947 / 0.947 | 0 | 5.3% | 5.3% |" in text  # 2.0 / 1.9 - 1
+    assert "| 3 | 1.125 / 1.125 / 1.125 | 1 |" in text  # rLR below C&W at last
+
+
 @needs_mnist
 def test_blackbox_cw_runs_through_the_runner_and_resumes(scripts, tmp_path, monkeypatch, capsys):
     blackbox = scripts("blackbox")
