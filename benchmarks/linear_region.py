@@ -8,6 +8,8 @@ and written to docs/results/linear_region.md.
     python benchmarks/linear_region.py table2 --models mnist-mlp mnist-mlp-adv-pgd-l2 --n 20
                                                           # C&W and DeepFool against rLR-QP
     python benchmarks/linear_region.py table3 --n 20      # repeated applications, 1x1024-at
+    python benchmarks/linear_region.py paths --models mnist-mlp mnist-mlp5x1024 --n 3
+                                                          # region-problem paths, side by side
     python benchmarks/linear_region.py report             # docs/results/linear_region.md
 
 The options ``--models --n --batch-size --threads --data-dir --out`` are the benchmark harness's
@@ -359,6 +361,44 @@ def solvers(args) -> None:
             print(row, flush=True)
 
 
+REGION_PATHS = ("one QP per region", "constraint generation", "implicit regions")
+
+
+def paths(args) -> None:
+    """rLR-QP (L2, one exploration step: n3 = n4 = 1, no facet descent) on the same images by
+    each way of solving the region problems, side by side: all halfspaces in one QP, constraint
+    generation over the explicit halfspaces, and implicit regions (rows built on demand)."""
+    from advx.attacks.linear_region import attack as module
+
+    store = harness.setup(args)
+    for name in args.models:
+        model, dataset, xs, ys, idx = _table2_images(name, args.n, args.data_dir)
+        layers = _hidden_layers(model)
+        module.linear_region(model, xs[:1], ys[:1], n1=1, n2=1, n3=1, n4=1, facets=0)  # warm-up
+        for label in REGION_PATHS:
+            key = f"paths|{name}|{label}|{args.n}"
+            if key in store:
+                continue
+            saved = module.WORKING_SET_ROWS, module._Search.regions
+            if label == REGION_PATHS[0]:
+                module.WORKING_SET_ROWS = 10**12
+            if label == REGION_PATHS[1]:
+                module._Search.regions = lambda self, pts: linear_regions(self.layers, pts)
+            try:
+                started = time.perf_counter()
+                adv = module.linear_region(
+                    model, xs, ys, n3=1, n4=1, facets=0,
+                    target_classes="all" if layers == 1 else "init",
+                    generator=torch.Generator().manual_seed(args.seed),
+                )  # fmt: skip
+                seconds = (time.perf_counter() - started) / len(xs)
+            finally:
+                module.WORKING_SET_ROWS, module._Search.regions = saved
+            store.add(key, {"paths": True, "model": name, "path": label, "images": idx.tolist(),
+                            "norms": _norms(adv, xs, 2).tolist(), "seconds_per_image": seconds})  # fmt: skip
+            print(f"{name} {label}: {seconds:.2f} s/img", flush=True)
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -383,6 +423,7 @@ def report(args) -> None:
         "",
     ]
     lines += _solver_section(rows)
+    lines += _paths_section(rows)
     lines += _table1_section(rows)
     lines += _targets_section(rows)
     lines += _table2_section(rows)
@@ -455,6 +496,30 @@ def _solver_section(rows) -> list[str]:
         out.append(
             f"| {name} | {mine[0]['constraints']} | " + " | ".join(cells) + f" | {dev:.1e} |"
         )
+    out.append("")
+    return out
+
+
+def _paths_section(rows) -> list[str]:
+    prows = [r for r in rows if r.get("paths")]
+    if not prows:
+        return []
+    out = ["## Region problems on wide networks: one QP, constraint generation, implicit regions",
+           "", "Command: `python benchmarks/linear_region.py paths --models <models> --n <n> "
+           "--out results/lr-paths.jsonl`. rLR-QP (L2, n3 = n4 = 1, no facet descent; all "
+           "target classes on one hidden layer, the warm start's class on deeper ones) on the "
+           "same images, run one after the other in one process; the largest relative "
+           "difference of a norm from the first path's.", "",
+           "| model | images | " + " | ".join(f"{p} s / img" for p in REGION_PATHS)
+           + " | max norm difference |", "|---|---|" + "---|" * (len(REGION_PATHS) + 1)]  # fmt: skip
+    for name in sorted({r["model"] for r in prows}):
+        mine = {r["path"]: r for r in prows if r["model"] == name}
+        if len(mine) < len(REGION_PATHS):
+            continue
+        first = mine[REGION_PATHS[0]]["norms"]
+        diff = max(abs(a - b) / b for p in REGION_PATHS for a, b in zip(mine[p]["norms"], first))
+        cells = " | ".join(f"{mine[p]['seconds_per_image']:.2f}" for p in REGION_PATHS)
+        out.append(f"| {name} | {len(first)} | {cells} | {diff:.1e} |")
     out.append("")
     return out
 
@@ -704,7 +769,7 @@ def build_parser() -> argparse.ArgumentParser:
         threads=int(os.environ.get("OMP_NUM_THREADS", "1")),
     )
     parser.add_argument(
-        "command", choices=("table1", "table2", "table3", "fab", "solvers", "report")
+        "command", choices=("table1", "table2", "table3", "paths", "fab", "solvers", "report")
     )
     parser.add_argument(
         "--applications", type=int, default=4, help="table3: applications after the first"
@@ -724,12 +789,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run ``table1``, ``table2``, ``table3``, ``fab``, ``solvers`` or ``report`` (``argv``: the
-    arguments)."""
+    """Run ``table1``, ``table2``, ``table3``, ``paths``, ``fab``, ``solvers`` or ``report``
+    (``argv``: the arguments)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     harness.require_zoo_models(parser, args)  # zoo models (and their trained variants) by name
-    commands = {"table1": table1, "table2": table2, "table3": table3, "fab": fab,
+    commands = {"table1": table1, "table2": table2, "table3": table3, "paths": paths, "fab": fab,
                 "solvers": solvers, "report": report}  # fmt: skip
     commands[args.command](args)
 
