@@ -141,6 +141,16 @@ def test_blackbox_report_reads_stored_rows(scripts, tmp_path, capsys, out):
     assert "mean L2 1.6500 vs 1.5000 (+10.0%)" in text
 
 
+def _linear_region_report(scripts, tmp_path, rows) -> str:
+    """The linear-region report's page from ``rows`` stored in a fresh jsonl."""
+    _write_rows(tmp_path / "lr.jsonl", rows)
+    doc = tmp_path / "lr.md"
+    scripts("linear_region").main(
+        ["report", "--out", str(tmp_path / "lr.jsonl"), "--doc", str(doc)]
+    )
+    return doc.read_text()
+
+
 def test_linear_region_report_reads_stored_rows(scripts, tmp_path, capsys):
     rows = [
         {"key": "t1|mnist-n1|DeepFool|3", "table": 1, "model": "mnist-n1", "attack": "DeepFool"}
@@ -150,12 +160,7 @@ def test_linear_region_report_reads_stored_rows(scripts, tmp_path, capsys):
         rows.append({"key": f"mip|mnist-n1|L2|{image}|5", "mip": True, "model": "mnist-n1"})
         rows[-1] |= {"norm": "2", "image": image, "norm_value": 1.0, "lower": 1.0}
         rows[-1] |= {"status": "optimal", "seconds": 3.0, "nodes": 1, "binaries": 10}
-    _write_rows(tmp_path / "lr.jsonl", rows)
-    doc = tmp_path / "lr.md"
-    scripts("linear_region").main(
-        ["report", "--out", str(tmp_path / "lr.jsonl"), "--doc", str(doc)]
-    )
-    text = doc.read_text()
+    text = _linear_region_report(scripts, tmp_path, rows)
     assert "MIP (L2): 2 images attempted, 2 proven optimal (time limit per image 5 s)" in text
     assert "| DeepFool | 0.010 | 1.1500 / 1.2000 | 2 |" in text
 
@@ -172,12 +177,7 @@ def test_linear_region_report_computes_tables_2_and_3(scripts, tmp_path):
         {"key": "t3", "table": 3, "model": "mnist-mlp-adv-pgd-l2", "images": [1]}
         | {"norms": [[2.0], [1.9], [1.6]], "cw": [1.8]},
     ]
-    _write_rows(tmp_path / "lr.jsonl", rows)
-    doc = tmp_path / "lr.md"
-    scripts("linear_region").main(
-        ["report", "--out", str(tmp_path / "lr.jsonl"), "--doc", str(doc)]
-    )
-    text = doc.read_text()
+    text = _linear_region_report(scripts, tmp_path, rows)
     # C&W: ratios 1.1 and 0.9 (image 2 failed), rLR smaller on 1 of 2; DeepFool: 1.5, 1.0, 1.5
     assert "| 3 | 1.000 / 0.900 / 1.100 | 50.0 (1) | 1.333 / 1.000 / 1.500 | 66.7 | 0 |" in text
     assert "1.066 / 0.454 / 2.434, IR 83.3" in text  # the paper's MNIST 1x1024 at row

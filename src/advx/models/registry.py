@@ -262,35 +262,31 @@ for _name, _hidden, _shape in (
             description=f"{_name[-2:].upper()} of the linear-region paper: MLP {_shape} (ReLU)",
         )
     )
+
+
+def _register_table2_mlp(prefix: str, dataset: str, builder, layers: int, **recipe) -> None:
+    """The linear-region paper's k x 1024 ReLU MLP of its Table 2 on ``dataset``."""
+    inputs = "784" if dataset == "mnist" else "3072"
+    register(
+        ModelSpec(
+            name=f"{prefix}-mlp{layers}x1024",
+            dataset=dataset,
+            builder=partial(builder, hidden=(1024,) * layers),
+            batch_size=128,
+            optimizer="adam",
+            lr=1e-3,
+            schedule="onecycle",
+            description=f"MLP {inputs}-{'-'.join(['1024'] * layers)}-10 (ReLU) of the "
+            "linear-region paper's Table 2",
+            **recipe,
+        )
+    )
+
+
 for _layers in (5, 10):
-    register(
-        ModelSpec(
-            name=f"mnist-mlp{_layers}x1024",
-            dataset="mnist",
-            builder=partial(MnistFCNN, hidden=(1024,) * _layers),
-            epochs=6,
-            batch_size=128,
-            optimizer="adam",
-            lr=1e-3,
-            schedule="onecycle",
-            expected_accuracy=0.975,
-            description=f"MLP 784-{'-'.join(['1024'] * _layers)}-10 (ReLU) of the "
-            "linear-region paper's Table 2",
-        )
-    )
+    _register_table2_mlp("mnist", "mnist", MnistFCNN, _layers, epochs=6, expected_accuracy=0.975)
 for _layers in (1, 5, 10):
-    register(
-        ModelSpec(
-            name=f"cifar-mlp{_layers}x1024",
-            dataset="cifar10",
-            builder=partial(CifarMLP, hidden=(1024,) * _layers, activation="relu"),
-            epochs=8,
-            batch_size=128,
-            optimizer="adam",
-            lr=1e-3,
-            schedule="onecycle",
-            expected_accuracy=0.45,
-            description=f"MLP 3072-{'-'.join(['1024'] * _layers)}-10 (ReLU) of the "
-            "linear-region paper's Table 2",
-        )
-    )
+    _register_table2_mlp(
+        "cifar", "cifar10", partial(CifarMLP, activation="relu"), _layers, epochs=8,
+        expected_accuracy=0.45,
+    )  # fmt: skip
