@@ -55,8 +55,7 @@ INITS = ("deepfool", "deepfool+ddn", "deepfool+classes")
 WORKING_SET_ROWS = 200
 """L2 region problems with more halfspaces than this are solved by constraint generation
 (``solve_l2``'s ``keep``; on networks without max pooling from ``ImplicitRegions``, which builds
-only the rows asked for); measured: 3.2x less solver time on 784-1024-10 regions (1025 rows),
-none gained on N1's (51 rows). See docs/results/linear_region.md."""
+only the rows asked for); chosen by measurement, see the README's linear-region section."""
 DDN_STEPS = 1000  # the DDN warm start of init="deepfool+ddn"
 
 

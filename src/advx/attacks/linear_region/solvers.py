@@ -16,10 +16,8 @@ INF = float("inf")
 QP_SOLVERS = ("daqp", "proxqp", "piqp", "clarabel", "osqp")
 DEFAULT_QP_SOLVER = "daqp"
 ROWS_PER_ROUND = 15
-"""Constraint generation adds at most this many of the most violated halfspaces per round:
-measured on 784-(1024x5)-10 regions, where a solution violated 130-200 of them at once, with
-rLR-QP on one image (111 regions): 5.6 s with 5 rows per round, 6.0 s with 15, 6.4 s with 30,
-7.2 s with 50, 31.9 s with all (DAQP slows down on many new rows at once)."""
+"""Constraint generation adds at most this many of the most violated halfspaces per round
+(chosen by measurement, see the README's linear-region section)."""
 FEASIBILITY_TOLERANCE = 1e-6
 """A solution violating a halfspace by more than this (relative to the row's scale) or the box by
 more than 1e-9 is rejected as not solved."""
