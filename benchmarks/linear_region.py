@@ -7,7 +7,8 @@ and written to docs/results/linear_region.md.
     python benchmarks/linear_region.py fab --n 50         # adv-lib FAB (peers environment)
     python benchmarks/linear_region.py table2 --models mnist-mlp mnist-mlp-adv-pgd-l2 --n 20
                                                           # C&W and DeepFool against rLR-QP
-    python benchmarks/linear_region.py table3 --n 20      # repeated applications, 1x1024-at
+    python benchmarks/linear_region.py table3 --models mnist-mlp-adv-pgd-l2
+                                                          # repeated applications, 1x1024-at
     python benchmarks/linear_region.py paths --models mnist-mlp mnist-mlp5x1024 --n 3
                                                           # region-problem paths, side by side
     python benchmarks/linear_region.py report             # docs/results/linear_region.md
@@ -221,37 +222,44 @@ def table2(args) -> None:
         for start in range(0, len(xs), args.batch_size):
             part = slice(start, start + args.batch_size)
             x, y, images = xs[part], ys[part], idx[part].tolist()
-            key = f"t2|{name}|warm start|{images[0]}|{len(images)}"
-            if key not in store:
+            row = {"table": 2, "model": name, "dataset": dataset, "layers": layers,
+                   "images": images}  # fmt: skip
+            if _chunk_key(row, "warm start") not in store:
                 points, found = warm_start(model, x, y, 2.0, False)
                 norms = torch.where(found, _norms(points, x, 2), torch.full_like(found, INF,
                                     dtype=torch.float64))  # fmt: skip
-                store.add(key, {"table": 2, "model": name, "dataset": dataset, "layers": layers,
-                                "attack": "warm start", "images": images,
-                                "norms": norms.tolist(), "seconds_per_image": 0.0})  # fmt: skip
+                _add_chunk(store, row, "warm start", norms.tolist(), 0.0)
             for label in TABLE2_ATTACKS + ((LONG_CW,) if args.long_cw else ()):
-                key = f"t2|{name}|{label}|{images[0]}|{len(images)}"
-                if key in store:
+                if _chunk_key(row, label) in store:
                     continue
                 function, hyper = _table2_attack(label, layers, args.seed + images[0])
                 result = harness.run(model, x, y, function, norm=2.0, hyperparameters=hyper,
                                      batch=len(images))  # fmt: skip
                 s = result.samples
-                norms = np.where(s["success"].astype(bool), s["l2"], INF)
                 if label == "rLR-QP":
                     path = _points_file(args, name, images)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     torch.save(result.adversarials.cpu(), path)
-                store.add(key, {"table": 2, "model": name, "dataset": dataset, "layers": layers,
-                                "attack": label, "images": images, "norms": norms.tolist(),
-                                "seconds_per_image": float(s["seconds"].mean())})  # fmt: skip
-                print(f"{name} images {images[0]}..{images[-1]} {label}: "
-                      f"{float(s['seconds'].mean()):.2f} s/img", flush=True)  # fmt: skip
+                seconds = float(s["seconds"].mean())
+                norms = np.where(s["success"].astype(bool), s["l2"], INF).tolist()
+                _add_chunk(store, row, label, norms, seconds)
+                print(f"{name} images {images[0]}..{images[-1]} {label}: {seconds:.2f} s/img",
+                      flush=True)  # fmt: skip
+
+
+def _chunk_key(row: dict, label: str) -> str:
+    return f"t2|{row['model']}|{label}|{row['images'][0]}|{len(row['images'])}"
+
+
+def _add_chunk(store, row: dict, label: str, norms: list, seconds: float) -> None:
+    """Store one attack's norms and seconds per image on one chunk of Table 2."""
+    store.add(_chunk_key(row, label), row | {"attack": label, "norms": norms,
+                                             "seconds_per_image": seconds})  # fmt: skip
 
 
 def table3(args) -> None:
-    """Repeated applications (Table 3): on the Table-2 images of ``--models`` (default the
-    MNIST 1x1024-at model) where ||delta_CW|| / ||delta_rLR|| < 0.95, rLR-QP again from its own
+    """Repeated applications (Table 3): on the Table-2 images of ``--models`` (the paper's:
+    MNIST 1x1024 at, ``mnist-mlp-adv-pgd-l2``) where ||delta_CW|| / ||delta_rLR|| < 0.95, rLR-QP again from its own
     output, restricted to that output's class, ``--applications`` times; every application's
     norms stored."""
     store = harness.setup(args)
