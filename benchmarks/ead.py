@@ -17,7 +17,8 @@ the images and the runs are the benchmark harness's (``_harness``: ``--models --
         --doc docs/results/ead.md
 
 Rows are appended to ``<out>/results.jsonl`` as they are measured and a rerun skips those already
-there (resume). ``--report`` only reads stored rows and writes the Markdown page. The models must
+there; the pairs of a row in progress are committed batch by batch to ``<out>/runs.sqlite``, so
+an interrupted row resumes at its first unfinished batch. ``--report`` only reads stored rows and writes the Markdown page. The models must
 be trained already; the script never trains one.
 """
 
@@ -35,6 +36,7 @@ import _harness as harness
 import torch
 
 from advx.attacks.minimal import as_minimal_attack
+from advx.evaluation.store import ResultsStore
 
 INF = float("inf")
 BUDGET = {"binary_search_steps": 9, "steps": 1000, "c_init": 1e-3, "lr": 0.01}
@@ -110,9 +112,10 @@ def _config_key(row: dict) -> str:
     )
 
 
-def _measure(model, x, y, attack, norm: float, hyper: dict, batch: int) -> dict:
+def _measure(model, x, y, attack, norm: float, hyper: dict, batch: int, store, name: str) -> dict:
     """Every target of every image through the runner (``harness.run``); the best, average and
-    worst case and the cost per pair."""
+    worst case and the cost per pair. Each batch of pairs is committed to ``store`` (the
+    runner's SQLite store), so a row interrupted halfway resumes at its first unfinished batch."""
     result = harness.run(
         model,
         x,
@@ -123,6 +126,8 @@ def _measure(model, x, y, attack, norm: float, hyper: dict, batch: int) -> dict:
         batch=batch,
         targeted=True,
         targets="all",
+        store=store,
+        model_name=name,
     )
     s = result.summary
     return {
@@ -163,7 +168,10 @@ def run_tables(args: argparse.Namespace) -> None:
                     for k in ("seconds_per_pair", "gradients_per_pair", "torch", "date", "threads")
                 }
             else:
-                measured = _measure(model, x, y, attack, norm, hyper, args.batch_size)
+                with ResultsStore(Path(args.out) / "runs.sqlite") as store:
+                    measured = _measure(
+                        model, x, y, attack, norm, hyper, args.batch_size, store, model_name
+                    )
             stamp = {
                 "torch": torch.__version__,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
