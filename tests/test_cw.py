@@ -95,9 +95,11 @@ def test_confidence_is_respected():
     assert (lp_norm(adv - x, 2) > minimal_distance(model, x, y, 2)).all()
 
 
-def test_batch_equals_per_sample_without_early_abort():
+@pytest.mark.parametrize("abort_early", [False, True])
+def test_batch_equals_per_sample(abort_early):
+    """Early abort is decided per sample, so the batch around a sample does not change it."""
     model, x, y = make_problem(n=4, k=3, seed=10)
-    kw = {"steps": 30, "lr": 1e-3, "binary_search_steps": 4, "abort_early": False}
+    kw = {"steps": 30, "lr": 1e-3, "binary_search_steps": 4, "abort_early": abort_early}
     batch = carlini_wagner_l2(model, x, y, **kw)
     single = torch.cat(
         [carlini_wagner_l2(model, x[i : i + 1], y[i : i + 1], **kw) for i in range(4)]

@@ -65,6 +65,10 @@ class _Adam:
         self.m = torch.zeros_like(param)
         self.v = torch.zeros_like(param)
 
+    def keep(self, mask: Tensor) -> None:
+        """Drop the rows (samples) where ``mask`` is False from the parameter and the moments."""
+        self.param, self.m, self.v = self.param[mask], self.m[mask], self.v[mask]
+
     def step(self, grad: Tensor) -> None:
         b1, b2 = _ADAM_BETAS
         self.t += 1
@@ -105,30 +109,72 @@ def _optimise_const(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Adam on w for one value of the constant per sample (the inner loop of C&W).
 
+    With ``abort_early`` a sample stops when its own loss has not fallen by 0.01% over
+    steps // 10 iterations (the reference code's rule at its batch size of one) and leaves the
+    batch, so a sample's result does not depend on the other samples of its batch.
+
     Returns the updated overall best (adversarial, norm) and whether this constant produced
     any successful iterate per sample."""
-    w_start = to_tanh_space(inputs)
-    modifier = torch.zeros_like(inputs)
-    adam = _Adam(modifier, settings.lr)
-    best_adv, best_norm = best
+    best_adv, best_norm = best[0].clone(), best[1].clone()
     found = torch.zeros_like(best_norm, dtype=torch.bool)
-    steps, check_every = settings.steps, max(settings.steps // 10, 1)
-    previous = None
-    for step in range(steps):
-        w = (w_start + modifier).requires_grad_(True)
+    active = torch.arange(inputs.shape[0], device=inputs.device)
+    rows = _ActiveRows(
+        inputs, labels, const, to_tanh_space(inputs), best_adv, best_norm, found.clone()
+    )
+    adam = _Adam(torch.zeros_like(inputs), settings.lr)
+    previous = torch.full_like(best_norm, float("inf"))
+    check_every = max(settings.steps // 10, 1)
+    for step in range(settings.steps):
+        w = (rows.w_start + adam.param).requires_grad_(True)
         with torch.enable_grad():
-            loss, x, norm, margins = _objective(model, w, inputs, labels, const, settings)
+            loss, x, norm, margins = _objective(
+                model, w, rows.inputs, rows.labels, rows.const, settings
+            )
             (grad,) = torch.autograd.grad(loss.sum(), w)
         success = cw_success(margins, settings.confidence)
-        found |= success
-        best_adv, best_norm, _ = keep_best(best_adv, best_norm, x, norm, success)
+        rows.found |= success
+        rows.best_adv, rows.best_norm, _ = keep_best(rows.best_adv, rows.best_norm, x, norm, success)
         if settings.abort_early and step % check_every == 0:
             loss = loss.detach()
-            if previous is not None and bool((loss > previous * 0.9999).all()):
-                break
+            stalled = loss > previous * 0.9999
             previous = loss
+            if bool(stalled.any()):
+                rows.write_back(active[stalled], stalled, best_adv, best_norm, found)
+                keep = ~stalled
+                active, previous, grad = active[keep], previous[keep], grad[keep]
+                rows = rows.keep(keep)
+                adam.keep(keep)
+                if active.numel() == 0:
+                    break
         adam.step(grad)
+    if active.numel() > 0:
+        rows.write_back(active, None, best_adv, best_norm, found)
     return best_adv, best_norm, found
+
+
+@dataclass
+class _ActiveRows:
+    """The samples of one C&W round still iterating (compacted as they abort)."""
+
+    inputs: Tensor
+    labels: Tensor
+    const: Tensor
+    w_start: Tensor
+    best_adv: Tensor
+    best_norm: Tensor
+    found: Tensor
+
+    def keep(self, mask: Tensor) -> _ActiveRows:
+        return _ActiveRows(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
+
+    def write_back(
+        self, index: Tensor, mask: Tensor | None, best_adv: Tensor, best_norm: Tensor, found: Tensor
+    ) -> None:
+        """Copy the rows selected by ``mask`` (all when None) to ``index`` of the round's batch."""
+        rows = self if mask is None else self.keep(mask)
+        best_adv[index] = rows.best_adv
+        best_norm[index] = rows.best_norm
+        found[index] = rows.found
 
 
 @contract
@@ -152,8 +198,9 @@ def carlini_wagner_l2(
     f(x) = max(z_y - max_{j != y} z_j + kappa, 0) untargeted, or
     f(x) = max(max_{j != t} z_j - z_t + kappa, 0) targeted (``labels`` are then the targets),
     kappa = ``confidence``. The inner problem runs ``steps`` Adam iterations (lr ``lr``) from
-    w = atanh(2 x0 - 1); it aborts early when the loss of every sample has not decreased by
-    0.01% over steps // 10 iterations. The constant c starts at ``c_init`` and is binary-searched
+    w = atanh(2 x0 - 1); a sample aborts early when its loss has not decreased by 0.01% over
+    steps // 10 iterations (the reference code's rule at batch size one), so batch results
+    equal per-sample results. The constant c starts at ``c_init`` and is binary-searched
     per sample over ``binary_search_steps`` rounds (initial upper bound 1e10; multiplied by 10
     while no successful c is known); as in the reference code, with 10 or more rounds the last
     one repeats the search at the upper bound.
@@ -161,8 +208,8 @@ def carlini_wagner_l2(
     Returns, per sample, the lowest-L2 adversarial iterate found over all steps and all
     constants (success with margin kappa), and the original input where none was found; clean
     inputs that are already adversarial are returned unchanged. One forward and one backward
-    pass per step for the whole batch; the only host synchronisation inside the loop is the
-    early-abort check every steps // 10 iterations.
+    pass per step for the samples still iterating; the only host synchronisation inside the loop
+    is the early-abort check every steps // 10 iterations.
     """
     check_positive(confidence, "confidence", allow_zero=True)
     check_positive(c_init, "c_init")
