@@ -133,7 +133,9 @@ def _optimise_const(
             (grad,) = torch.autograd.grad(loss.sum(), w)
         success = cw_success(margins, settings.confidence)
         rows.found |= success
-        rows.best_adv, rows.best_norm, _ = keep_best(rows.best_adv, rows.best_norm, x, norm, success)
+        rows.best_adv, rows.best_norm, _ = keep_best(
+            rows.best_adv, rows.best_norm, x, norm, success
+        )
         if settings.abort_early and step % check_every == 0:
             loss = loss.detach()
             stalled = loss > previous * 0.9999
