@@ -36,6 +36,7 @@ import _harness as harness
 import torch
 
 from advx.attacks.minimal import as_minimal_attack
+from advx.evaluation.runner import target_cases
 from advx.evaluation.store import ResultsStore
 
 INF = float("inf")
@@ -217,9 +218,14 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
 
 
+def _count(row: dict) -> str:
+    """A row's image count; a run still in progress says of how many."""
+    return f"{row['n']} (of {row['partial']}, in progress)" if row.get("partial") else str(row["n"])
+
+
 def _latest(rows: list[dict], model: str, label: str) -> dict | None:
     matching = [r for r in rows if r["model"] == model and r["attack"] == label]
-    return max(matching, key=lambda r: r["n"]) if matching else None
+    return max(matching, key=lambda r: (r["n"], not r.get("partial"))) if matching else None
 
 
 def _table5_lines(rows: list[dict]) -> list[str]:
@@ -243,7 +249,7 @@ def _table5_lines(rows: list[dict]) -> list[str]:
         if row is None:
             continue
         name = "COV" if method == "cov" else "EAD (EN rule)"
-        cells = [name, f"{beta:g}", f"advx n={row['n']}"]
+        cells = [name, f"{beta:g}", f"advx n={_count(row)}"]
         for case in ("best", "average", "worst"):
             cells += _case_cells(row["cases"][case])
         table.append(cells)
@@ -274,10 +280,10 @@ def _table6_lines(rows: list[dict]) -> list[str]:
         if not any(measured.values()):
             lines += [f"{model}: not measured.", ""]
             continue
-        counts = sorted({r["n"] for r in measured.values() if r})
+        counts = sorted({_count(r) for r in measured.values() if r})
         lines += [
             f"**{model}** (average case over all 9 targets; images per row: "
-            f"{', '.join(map(str, counts))} x 9 targets)",
+            f"{', '.join(counts)} x 9 targets)",
             "",
         ]
         headers = ["attack", "ASR", "L1", "L2", "Linf", "s/pair", "thesis ASR", "L1", "L2", "Linf"]
@@ -379,12 +385,67 @@ def _peer_verdict(group: list[dict]) -> list[str]:
     return out
 
 
+def _norm_name(p: float) -> str:
+    return "linf" if p == INF else f"l{p:g}"
+
+
+def _run_labels() -> dict[str, str]:
+    """A run's (attack, norm, hyperparameters) as the runner stores them -> the table label."""
+    plan = {k: v[:3] for k, v in table5_attacks().items()} | table6_attacks()
+    labels = {}
+    for label, (attack, norm, hyper) in plan.items():
+        name = attack if isinstance(attack, str) else attack.name
+        labels[json.dumps([name, _norm_name(norm), hyper], sort_keys=True)] = label
+    return labels
+
+
+def _unfinished_rows(folder: str | Path) -> list[dict]:
+    """Rows of the runs in ``<folder>/runs.sqlite`` that were stopped before their last pair
+    (the images whose 9 targets are all stored), marked ``partial`` with the planned image
+    count; the complete runs are in ``results.jsonl`` already."""
+    path = Path(folder) / "runs.sqlite"
+    if not path.is_file():
+        return []
+    labels, rows = _run_labels(), []
+    with ResultsStore(path) as store:
+        for run in store.runs():
+            config = run["config"]
+            key = [config["attack"], config["norm"], config["hyperparameters"]]
+            label = labels.get(json.dumps(key, sort_keys=True))
+            if run["status"] == "complete" or label is None:
+                continue
+            samples = store.samples(run["id"])
+            images = len(samples["sample_index"]) // 9
+            if images == 0:
+                continue
+            samples = {k: v[: 9 * images] for k, v in samples.items()}
+            cases = target_cases(samples, 9, config["norm"])
+            rows.append(
+                {
+                    "model": config["model"],
+                    "attack": label,
+                    "n": images,
+                    "partial": config["data"]["n"] // 9,
+                    "cases": {c: cases[c] for c in ("best", "average", "worst")},
+                    "pairs": 9 * images,
+                    "seconds_per_pair": float(samples["seconds"].mean()),
+                    "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run["created"])),
+                }
+            )
+    return rows
+
+
 def write_report(args: argparse.Namespace) -> None:
     rows = []
     for folder in [args.out, *(args.also or [])]:
         path = Path(folder) / "results.jsonl"
         if path.is_file():
             rows += [json.loads(s) for s in path.read_text().splitlines() if s.strip()]
+        rows += _unfinished_rows(folder)
+    for path in args.rows or []:
+        rows += [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]
+    if args.save_rows:
+        Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
     dates = sorted({r.get("date", "") for r in rows if r.get("date")})
     versions = sorted({r.get("torch", "") for r in rows if r.get("torch")})
     text = [
@@ -426,6 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=1000, help="iterations per search step")
     parser.add_argument("--report", action="store_true", help="write the Markdown page only")
     parser.add_argument("--also", nargs="+", help="--report: further result folders to read")
+    parser.add_argument("--rows", nargs="+", help="--report: stored rows (.jsonl) to read too")
+    parser.add_argument("--save-rows", help="--report: write every row it read to this .jsonl")
     parser.add_argument("--peers", nargs="+", help="--report: peers.py output folders (EAD rows)")
     parser.add_argument("--notes", default="benchmarks/ead_notes.md", help="appended to the page")
     parser.add_argument("--doc", default="docs/results/ead.md")
