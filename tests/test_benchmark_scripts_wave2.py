@@ -303,3 +303,30 @@ def test_table7_report_sets_each_row_beside_the_thesis(scripts, tmp_path):
     assert "100 / 26.11 / 2.468 / 0.643 |" in text
     assert "C&W (L2): 3 binary-search steps x 100 iterations, c_0 = 1, lr 0.1" in text
     assert "--search 3 --steps 100" in text
+
+
+def test_ead_report_shows_a_run_in_progress_from_its_store(scripts, tmp_path):
+    """An interrupted 4-image EAD row with 2 images' 9 targets and 3 pairs of a third stored:
+    the page shows the 2 complete images, their average case, and the planned count."""
+    from advx.evaluation.store import SAMPLE_COLUMNS, ResultsStore
+
+    ead = scripts("ead")
+    _, norm, hyper = ead.table6_attacks()["EAD (L1 rule)"]
+    config = {"attack": "ead", "norm": "l1", "hyperparameters": hyper, "model": "mnist-cnn"}
+    config |= {"data": {"n": 36, "fingerprint": "f"}, "targeted": True}
+    rows = []
+    for i in range(21):
+        row = dict.fromkeys(SAMPLE_COLUMNS, 0.0) | {"sample_index": i, "label": 1, "target": 2}
+        row |= {"clean_pred": 1, "adv_pred": 2, "success": 1, "seconds": 0.5}
+        row |= {"l1": float(1 + i), "l2": 1.0, "linf": 0.5, "lp": float(1 + i)}
+        rows.append(row)
+    with ResultsStore(tmp_path / "ead" / "runs.sqlite") as store:
+        run_id, _ = store.open_run(config)
+        store.add_samples(run_id, rows)
+    doc = tmp_path / "ead.md"
+    ead.main(["--report", "--out", str(tmp_path / "ead"), "--doc", str(doc), "--notes", "x.md"])
+    text = doc.read_text()
+    assert "images per row: 2 (of 4, in progress) x 9 targets" in text
+    # the average case over the first 18 pairs: mean L1 of 1..18
+    assert "| EAD (L1 rule) | 100.0 | 9.50 | 1.000 | 0.500 | 0.50 |" in text
+    assert norm == 1.0
