@@ -321,7 +321,7 @@ def _ordering_lines(measured: dict[str, dict | None]) -> list[str]:
 def _peer_lines(folders: list[str]) -> list[str]:
     rows = []
     for folder in folders:
-        path = Path(folder) / "results.jsonl"
+        path = Path(folder) if folder.endswith(".jsonl") else Path(folder) / "results.jsonl"
         if path.is_file():
             rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("attack") == "ead"]
@@ -489,7 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--also", nargs="+", help="--report: further result folders to read")
     parser.add_argument("--rows", nargs="+", help="--report: stored rows (.jsonl) to read too")
     parser.add_argument("--save-rows", help="--report: write every row it read to this .jsonl")
-    parser.add_argument("--peers", nargs="+", help="--report: peers.py output folders (EAD rows)")
+    parser.add_argument(
+        "--peers", nargs="+", help="--report: peers.py output folders or their .jsonl (EAD rows)"
+    )
     parser.add_argument("--notes", default="benchmarks/ead_notes.md", help="appended to the page")
     parser.add_argument("--doc", default="docs/results/ead.md")
     return parser
