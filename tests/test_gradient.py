@@ -171,3 +171,19 @@ def test_bad_keep_raises_naming_the_argument():
     model, x, y = make_problem()
     with pytest.raises(ValueError, match="keep"):
         pgd(model, x, y, eps=0.1, keep="best")
+
+
+def test_ifgm_normalized_l1_step_is_cleverhans_fgm_iterated():
+    """One I-FGM step with l1_step='normalized' is FGM-L1's grad / ||grad||_1 step (its L1 norm
+    is eps, so the projection keeps it); more steps stay in the L1 ball and the box."""
+    model, x, y = make_problem(n=6, k=3, seed=21)
+    x = 0.25 + 0.5 * x  # away from the box, so that no coordinate is clipped
+    clean = model(x).argmax(1) == y  # I-FGM returns a misclassified input as it is
+    assert 0 < clean.sum() < len(y)
+    one = ifgm(model, x, y, eps=0.05, norm=1, steps=1, l1_step="normalized")
+    step = fgm(model, x, y, eps=0.05, norm=1, l1_step="normalized")
+    assert torch.allclose(one[clean], step[clean]) and torch.equal(one[~clean], x[~clean])
+    many = ifgm(model, x, y, eps=0.3, norm=1, steps=10, l1_step="normalized")
+    assert (lp_norm(many - x, 1) <= 0.3 + 1e-5).all() and many.min() >= 0 and many.max() <= 1
+    with pytest.raises(ValueError, match="l1_step"):
+        pgd(model, x, y, eps=0.3, norm=1, l1_step="steepest")

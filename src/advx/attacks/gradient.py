@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 from torch import Tensor, nn
 
@@ -28,6 +31,7 @@ from ._core import (
 )
 
 L1_STEPS = ("steepest", "normalized")
+PGD_L1_STEPS = ("sparse", "normalized")
 KEEP = ("first", "last")
 
 
@@ -118,7 +122,7 @@ def _projected_ascent(
     step_size: Tensor,
     targeted: bool,
     loss: str,
-    l1_sparsity: float,
+    l1_direction: Callable[[Tensor], Tensor],
     keep: str = "first",
 ) -> tuple[Tensor, Tensor]:
     """Run projected steepest ascent; return, per sample, the first adversarial iterate (the
@@ -133,7 +137,7 @@ def _projected_ascent(
         newly = is_adversarial(logits, labels, targeted) & ~found
         kept[newly], found = x[newly], found | newly
         if p == 1:
-            direction = _sparse_l1_step(grad, l1_sparsity)
+            direction = l1_direction(grad)
         else:
             direction = steepest_direction(grad, p)
         delta = project_lp_ball(x + alpha * direction - inputs, radius, p)
@@ -162,12 +166,15 @@ def pgd(
     targeted: bool = False,
     loss: str = "ce",
     l1_sparsity: float = 0.01,
+    l1_step: str = "sparse",
     keep: str = "first",
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Projected gradient descent (Madry et al. 2018): from a random point of the eps-ball, repeat
     x <- Proj_{B_p(x0, eps) ∩ [0,1]^D}(x + alpha * d), d the steepest-ascent direction of the loss
-    for the Lp norm (sign for Linf, normalised gradient for L2, the sparse SLIDE step for L1).
+    for the Lp norm (sign for Linf, normalised gradient for L2, for L1 the sparse SLIDE step over
+    the top ``l1_sparsity`` of the coordinates, or with ``l1_step='normalized'`` grad / ||grad||_1,
+    the L1 step of CleverHans 2.0 that the EAD paper's I-FGM-L1 used).
 
     ``step_size`` defaults to 2.5 * eps / steps; ``restarts`` runs again from new random starts on
     the samples not yet fooled. Returns, per sample, the first adversarial iterate found, else the
@@ -179,6 +186,8 @@ def pgd(
     check_int(steps, "steps", 0)
     check_int(restarts, "restarts", 1)
     check_positive(l1_sparsity, "l1_sparsity")
+    if l1_step not in PGD_L1_STEPS:
+        raise ValueError(f"l1_step must be one of {PGD_L1_STEPS}, got {l1_step!r}")
     _check_keep(keep)
     validate(model, inputs, labels)
     radius = per_sample(eps, inputs, "eps")
@@ -199,7 +208,20 @@ def pgd(
             if random_start:
                 start = clip_box(x0 + _random_start(x0, r, p, generator))
             adv, success = _projected_ascent(
-                model, x0, y, start, r, p, steps, alpha[todo], targeted, loss, l1_sparsity, keep
+                model,
+                x0,
+                y,
+                start,
+                r,
+                p,
+                steps,
+                alpha[todo],
+                targeted,
+                loss,
+                partial(_sparse_l1_step, sparsity=l1_sparsity)
+                if l1_step == "sparse"
+                else l1_normalized_direction,
+                keep,
             )
             if restart == 0:
                 best[todo] = adv
@@ -221,12 +243,13 @@ def ifgm(
     step_size: EpsLike | None = None,
     targeted: bool = False,
     loss: str = "ce",
+    l1_step: str = "sparse",
     keep: str = "first",
 ) -> Tensor:
     """Iterative FGM / basic iterative method (Kurakin et al. 2017): ``steps`` gradient steps of
     size ``step_size`` (default eps/steps) from the clean input, each followed by projection onto
-    the eps-ball and the box. Alias: ``bim``. Equals ``pgd`` without random start (``keep``: as
-    for ``pgd``)."""
+    the eps-ball and the box. Alias: ``bim``. Equals ``pgd`` without random start (``l1_step``
+    and ``keep``: as for ``pgd``)."""
     check_int(steps, "steps", 1)
     if step_size is None:
         step_size = eps / steps
@@ -241,6 +264,7 @@ def ifgm(
         random_start=False,
         targeted=targeted,
         loss=loss,
+        l1_step=l1_step,
         keep=keep,
     )
 
