@@ -72,6 +72,14 @@ def flat(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1)
 
 
+class BatchRows:
+    """Mixin for a dataclass of per-sample tensors (one row per sample still iterating): ``keep``
+    returns the rows where ``mask`` is True, so attacks can drop samples that have stopped."""
+
+    def keep(self, mask: Tensor):
+        return type(self)(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
+
+
 def view_like(values: Tensor, x: Tensor) -> Tensor:
     """Reshape an (N,) tensor so that it broadcasts against the batch ``x``."""
     return values.reshape(-1, *([1] * (x.dim() - 1)))

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ._core import (
+    BatchRows,
     attack_mode,
     binary_search_step,
     check_int,
@@ -155,7 +156,7 @@ def _optimise_const(
 
 
 @dataclass
-class _ActiveRows:
+class _ActiveRows(BatchRows):
     """The samples of one C&W round still iterating (compacted as they abort)."""
 
     inputs: Tensor
@@ -165,9 +166,6 @@ class _ActiveRows:
     best_adv: Tensor
     best_norm: Tensor
     found: Tensor
-
-    def keep(self, mask: Tensor) -> _ActiveRows:
-        return _ActiveRows(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
 
     def write_back(
         self, index: Tensor, mask: Tensor | None, best_adv: Tensor, best_norm: Tensor, found: Tensor

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ._core import (
     DECISION_RULES,
+    BatchRows,
     EpsLike,
     attack_mode,
     binary_search_step,
@@ -81,7 +82,7 @@ class _Settings:
 
 
 @dataclass
-class _Rows:
+class _Rows(BatchRows):
     """The samples still iterating in one round of the binary search (compacted as they stop)."""
 
     index: Tensor  # positions in the round's batch
@@ -95,9 +96,6 @@ class _Rows:
     best_dist: Tensor
     found: Tensor
     previous_loss: Tensor
-
-    def keep(self, mask: Tensor) -> _Rows:
-        return _Rows(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
 
 
 def _gradient_of_smooth_part(model: nn.Module, y: Tensor, rows: _Rows, targeted: bool) -> Tensor:
