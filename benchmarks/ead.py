@@ -7,7 +7,8 @@ images (``run_attack(..., targets='all')``), which gives the best, average and w
 thesis's protocol (Sec. 4.3.2). Table 5: COV (tanh change of variables + L1, Adam) against EAD
 (FISTA, EN rule) on mnist-cnn for several beta. Table 6: C&W L2, FGM-L1/L2/Linf and
 I-FGM-L1/L2/Linf with the minimal eps per pair on the Table 4 grids
-(``advx.attacks.minimal_eps``), EAD with the EN and the L1 rule (beta 1e-3), average case.
+(``advx.attacks.minimal_eps``; I-FGM-L1 twice, with advx's sparse step and with the thesis's
+normalised step grad / ||grad||_1), EAD with the EN and the L1 rule (beta 1e-3), average case.
 C&W and EAD use 9 binary-search steps x 1000 iterations, c_0 = 1e-3, lr 0.01. The options,
 the images and the runs are the benchmark harness's (``_harness``: ``--models --n --batch-size
 --threads --data-dir --out``, ``evaluation_images``, ``run_attack``).
