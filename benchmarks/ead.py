@@ -19,8 +19,8 @@ the images and the runs are the benchmark harness's (``_harness``: ``--models --
 
 Rows are appended to ``<out>/results.jsonl`` as they are measured and a rerun skips those already
 there; the pairs of a row in progress are committed batch by batch to ``<out>/runs.sqlite``, so
-an interrupted row resumes at its first unfinished batch. ``--report`` only reads stored rows and writes the Markdown page. The models must
-be trained already; the script never trains one.
+an interrupted row resumes at its first unfinished batch. ``--report`` only reads stored rows
+and writes the Markdown page. The models must be trained already; the script never trains one.
 """
 
 from __future__ import annotations
@@ -326,12 +326,16 @@ def _ordering_lines(measured: dict[str, dict | None]) -> list[str]:
     return out
 
 
+def _read_rows(place: str | Path) -> list[dict]:
+    """The rows of a .jsonl file, or of ``<folder>/results.jsonl``; none if it does not exist."""
+    path = Path(place) if str(place).endswith(".jsonl") else Path(place) / "results.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def _peer_lines(folders: list[str]) -> list[str]:
-    rows = []
-    for folder in folders:
-        path = Path(folder) if folder.endswith(".jsonl") else Path(folder) / "results.jsonl"
-        if path.is_file():
-            rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [row for folder in folders for row in _read_rows(folder)]
     rows = [r for r in rows if r.get("attack") == "ead"]
     if not rows:
         return ["(no EAD peer rows measured)"]
@@ -446,12 +450,9 @@ def _unfinished_rows(folder: str | Path) -> list[dict]:
 def write_report(args: argparse.Namespace) -> None:
     rows = []
     for folder in [args.out, *(args.also or [])]:
-        path = Path(folder) / "results.jsonl"
-        if path.is_file():
-            rows += [json.loads(s) for s in path.read_text().splitlines() if s.strip()]
-        rows += _unfinished_rows(folder)
+        rows += _read_rows(folder) + _unfinished_rows(folder)
     for path in args.rows or []:
-        rows += [json.loads(s) for s in Path(path).read_text().splitlines() if s.strip()]
+        rows += _read_rows(path)
     if args.save_rows:
         Path(args.save_rows).write_text("".join(json.dumps(r) + "\n" for r in rows))
     dates = sorted({r.get("date", "") for r in rows if r.get("date")})

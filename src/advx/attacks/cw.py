@@ -118,12 +118,20 @@ def _optimise_const(
     any successful iterate per sample."""
     best_adv, best_norm = best[0].clone(), best[1].clone()
     found = torch.zeros_like(best_norm, dtype=torch.bool)
-    active = torch.arange(inputs.shape[0], device=inputs.device)
+    index = torch.arange(inputs.shape[0], device=inputs.device)
+    start_loss = torch.full_like(const, float("inf"))
     rows = _ActiveRows(
-        inputs, labels, const, to_tanh_space(inputs), best_adv, best_norm, found.clone()
+        index,
+        inputs,
+        labels,
+        const,
+        to_tanh_space(inputs),
+        best_adv,
+        best_norm,
+        found.clone(),
+        start_loss,
     )
     adam = _Adam(torch.zeros_like(inputs), settings.lr)
-    previous = torch.full_like(best_norm, float("inf"))
     check_every = max(settings.steps // 10, 1)
     for step in range(settings.steps):
         w = (rows.w_start + adam.param).requires_grad_(True)
@@ -139,19 +147,17 @@ def _optimise_const(
         )
         if settings.abort_early and step % check_every == 0:
             loss = loss.detach()
-            stalled = loss > previous * 0.9999
-            previous = loss
+            stalled = loss > rows.previous_loss * 0.9999
+            rows.previous_loss = loss
             if bool(stalled.any()):
-                rows.write_back(active[stalled], stalled, best_adv, best_norm, found)
-                keep = ~stalled
-                active, previous, grad = active[keep], previous[keep], grad[keep]
-                rows = rows.keep(keep)
-                adam.keep(keep)
-                if active.numel() == 0:
+                rows.keep(stalled).write_back(best_adv, best_norm, found)
+                rows, grad = rows.keep(~stalled), grad[~stalled]
+                adam.keep(~stalled)
+                if rows.index.numel() == 0:
                     break
         adam.step(grad)
-    if active.numel() > 0:
-        rows.write_back(active, None, best_adv, best_norm, found)
+    if rows.index.numel() > 0:
+        rows.write_back(best_adv, best_norm, found)
     return best_adv, best_norm, found
 
 
@@ -159,6 +165,7 @@ def _optimise_const(
 class _ActiveRows(BatchRows):
     """The samples of one C&W round still iterating (compacted as they abort)."""
 
+    index: Tensor  # positions in the round's batch
     inputs: Tensor
     labels: Tensor
     const: Tensor
@@ -166,15 +173,13 @@ class _ActiveRows(BatchRows):
     best_adv: Tensor
     best_norm: Tensor
     found: Tensor
+    previous_loss: Tensor
 
-    def write_back(
-        self, index: Tensor, mask: Tensor | None, best_adv: Tensor, best_norm: Tensor, found: Tensor
-    ) -> None:
-        """Copy the rows selected by ``mask`` (all when None) to ``index`` of the round's batch."""
-        rows = self if mask is None else self.keep(mask)
-        best_adv[index] = rows.best_adv
-        best_norm[index] = rows.best_norm
-        found[index] = rows.found
+    def write_back(self, best_adv: Tensor, best_norm: Tensor, found: Tensor) -> None:
+        """Copy these rows' results to their positions in the round's batch."""
+        best_adv[self.index] = self.best_adv
+        best_norm[self.index] = self.best_norm
+        found[self.index] = self.found
 
 
 @contract

@@ -190,6 +190,10 @@ def pgd(
         raise ValueError(f"l1_step must be one of {PGD_L1_STEPS}, got {l1_step!r}")
     _check_keep(keep)
     validate(model, inputs, labels)
+    if l1_step == "sparse":
+        l1_direction = partial(_sparse_l1_step, sparsity=l1_sparsity)
+    else:
+        l1_direction = l1_normalized_direction
     radius = per_sample(eps, inputs, "eps")
     alpha = (
         2.5 * radius / max(steps, 1)
@@ -208,20 +212,7 @@ def pgd(
             if random_start:
                 start = clip_box(x0 + _random_start(x0, r, p, generator))
             adv, success = _projected_ascent(
-                model,
-                x0,
-                y,
-                start,
-                r,
-                p,
-                steps,
-                alpha[todo],
-                targeted,
-                loss,
-                partial(_sparse_l1_step, sparsity=l1_sparsity)
-                if l1_step == "sparse"
-                else l1_normalized_direction,
-                keep,
+                model, x0, y, start, r, p, steps, alpha[todo], targeted, loss, l1_direction, keep
             )
             if restart == 0:
                 best[todo] = adv
