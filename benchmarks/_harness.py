@@ -71,10 +71,16 @@ def setup(args: argparse.Namespace, key: Callable[[dict], object] | None = None)
     (``<out>/results.jsonl``; ``--out`` naming a ``.jsonl`` file is that file itself, the layout
     of older runs). ``key``: as in ``Results`` (none: rows stored with ``add`` under their key)."""
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    path = out if out.suffix == ".jsonl" else out / "results.jsonl"
+    path = results_path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     return Results(path, key=key)
+
+
+def results_path(out: str | Path) -> Path:
+    """The rows file of ``--out``: ``<out>/results.jsonl``, or ``out`` itself when it names a
+    ``.jsonl`` file (stored rows kept in the repository under docs/results/runs/)."""
+    out = Path(out)
+    return out if out.suffix == ".jsonl" else out / "results.jsonl"
 
 
 def load_model(

@@ -18,6 +18,14 @@ Parts (``--parts``, each resumable: one jsonl row per attacked image as it finis
 * ``art``: ART's ``ZooAttack`` (run this part with the peers environment's python) on the same
   images and budget as ``zoo-adam`` (binary steps, iterations, 128 coordinates, c, lr, no
   resize, no importance sampling), queries counted by a wrapper.
+* ``square``: torchattacks' Square Attack, L2, untargeted (peers environment), the query-efficient
+  attack a user would pick instead: on the ``zoo-adam`` images, with ZOO's query budget per image
+  (``--zoo-search`` x ``--zoo-steps`` x 257), at eps = the median L2 of advx's white-box C&W on
+  them; queries counted by a wrapper.
+* ``ablation``: Table 3 (run it with ``--models cifar-cnn-128``, a model with 128 x 128 inputs,
+  ``advx train cifar-cnn-128 --max-samples 20000``): ZOO-Adam towards the least likely class of
+  the first ``--ablation-n`` images, ``--ablation-steps`` iterations at one c
+  (``--ablation-c``), attack space 32 -> 64 -> 128; all techniques, and each left out.
 * ``report``: writes ``--doc`` (Markdown) from the stored rows only.
 
 Images: the first ``--n`` correctly classified test images (``_harness.correct_test_images``,
@@ -37,7 +45,7 @@ runner's counting model cannot see, so a wrapper counts them) and the throughput
 (it measures ZOO's query rate against the raw forward rate).
 
     python benchmarks/blackbox.py --parts throughput cw zoo-adam substitute zoo-newton
-    /work/peers-venv/bin/python benchmarks/blackbox.py --parts art   # PYTHONPATH=src
+    /work/peers-venv/bin/python benchmarks/blackbox.py --parts art square   # PYTHONPATH=src
     python benchmarks/blackbox.py --parts report
 """
 
@@ -77,6 +85,7 @@ THESIS = {
     },
 }
 ROWS = ("white-box C&W", "substitute + FGSM", "substitute + C&W", "ZOO-Adam", "ZOO-Newton")
+PEER_ROWS = ("ART ZooAttack", "Square (torchattacks)")  # run in the peers environment
 
 
 def attack_cases(x, y, index, n_targeted: int):
@@ -318,6 +327,118 @@ def run_art(args, results, model, cases):
         record(results, key, model, x, adv, label, False, seconds, counted.queries, gradients=0)
 
 
+ABLATION = {  # thesis Table 3: all techniques, and each left out in turn
+    "All techniques": {},
+    "No hierarchical attack": {"hierarchy": (), "attack_size": None},
+    "No importance sampling": {"importance_sampling": False},
+    "No Adam state reset": {"reset_adam": False},
+}
+THESIS_TABLE3 = {  # (success, first valid iteration, final L2, final loss); Inception-v3
+    "All techniques": ("yes", 15227, 3.425, 11.735),
+    "No hierarchical attack": ("no", None, None, 62.439),
+    "No importance sampling": ("yes", 17403, 3.63486, 13.216),
+    "No Adam state reset": ("yes", 15227, 3.47935, 12.111),
+}
+
+
+def ablation_settings(args) -> dict:
+    """ZOO-Adam as in thesis Sec. 3.3.3's hard targeted attack, scaled to ``--ablation-steps``
+    iterations: attack space 32 x 32 x 3, grown to 64 at 10% and 128 at 50% of the iterations
+    (the thesis: 2,000 and 10,000 of 20,000), importance sampling, Adam reset, one constant c
+    (``--ablation-c``, no binary search), no early abort."""
+    steps = args.ablation_steps
+    return {
+        "solver": "adam",
+        "targeted": True,
+        "steps": steps,
+        "binary_search_steps": 1,
+        "c_init": args.ablation_c,
+        "abort_early": False,
+        "attack_size": 32,
+        "hierarchy": ((steps // 10, 64), (steps // 2, 128)),
+        "importance_sampling": True,
+        "reset_adam": True,
+    }
+
+
+class _Trace:
+    """``zoo``'s ``trace`` for one sample: its loss per iteration and the first iteration
+    (counted from 1) with a successful iterate."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+        self.first_valid: int | None = None
+
+    def __call__(self, _round, iteration, _rows, loss, found) -> None:
+        self.losses.append(float(loss[0]))
+        if self.first_valid is None and bool(found[0]):
+            self.first_valid = iteration + 1
+
+
+def run_ablation(args, results, model, x, y):
+    """Thesis Table 3 on ``x[:--ablation-n]`` of a model with 128 x 128 inputs: ZOO-Adam towards
+    each image's least likely class, with all techniques and with each left out; per run the
+    success, the first valid iteration (from ``zoo``'s ``trace``), the final L2 and the final
+    loss ||x - x0||^2 + c f(x), the queries and the seconds."""
+    with torch.no_grad():
+        targets = model(x).argmin(1)
+    for i in range(min(args.ablation_n, x.shape[0])):
+        for variant, change in ABLATION.items():
+            key = f"{args.model}|ablation|{variant}|{i}|{args.ablation_steps}|{args.ablation_c:g}"
+            if key in results:
+                continue
+            trace = _Trace()
+            query = QueryModel(model)
+            settings = ablation_settings(args) | change
+            start = time.perf_counter()
+            adv = zoo(
+                query,
+                x[i : i + 1],
+                targets[i : i + 1],
+                generator=torch.Generator().manual_seed(0),
+                trace=trace,
+                **settings,
+            )[0]
+            seconds = time.perf_counter() - start
+            row = {"part": "ablation", "variant": variant, "image": i, "target": int(targets[i])}
+            row |= {"first_valid": trace.first_valid, "final_loss": trace.losses[-1]}
+            row |= {"queries": float(query.queries[0]), "settings": repr(settings)}
+            row |= {"loss_every_100": trace.losses[::100]}
+            queries = row.pop("queries")
+            record(results, key, model, x[i], adv, targets[i], True, seconds, queries, **row)
+
+
+def zoo_query_budget(args) -> int:
+    """The most queries one ZOO attack may spend: 2 B + 1 per iteration (B = 128)."""
+    return args.zoo_search * args.zoo_steps * (2 * 128 + 1)
+
+
+def run_square(args, results, model, cases):
+    """torchattacks' Square Attack (Andriushchenko et al. 2020), L2, untargeted, on the images
+    of ``zoo-adam`` with ZOO's query budget per image, at eps = the median L2 of advx's
+    white-box C&W on them (run the ``cw`` part first); queries counted by a wrapper."""
+    import torchattacks  # noqa: PLC0415
+
+    cw = [r for r in _rows(results, args.model, "white-box C&W", False) if r["success"]]
+    if not cw:
+        raise SystemExit("--parts square: run the cw part first (eps is C&W's median L2)")
+    eps = statistics.median(r["l2"] for r in cw)
+    counted = _CountingModule(model)
+    untargeted = [c for c in cases if not c[3]][: args.zoo_n]
+    for case, x, label, _, _ in untargeted:
+        key = f"{args.model}|Square (torchattacks)|{case}"
+        if key in results:
+            continue
+        attack = torchattacks.Square(
+            counted, norm="L2", eps=eps, n_queries=zoo_query_budget(args), seed=0
+        )
+        counted.queries = 0
+        start = time.perf_counter()
+        adv = attack(x[None], label[None])[0].detach()
+        seconds = time.perf_counter() - start
+        record(results, key, model, x, adv, label, False, seconds, counted.queries, eps=eps)
+
+
 # ------------------------------------------------------------------------------- report
 
 
@@ -486,7 +607,7 @@ def report(args, results):
         )
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for targeted in (False, True):
-            for row in (*ROWS, "ART ZooAttack"):
+            for row in (*ROWS, *PEER_ROWS):
                 s = _summary(_rows(results, model_name, row, targeted))
                 if s is None:
                     continue
@@ -545,7 +666,10 @@ def report(args, results):
     print("\n".join(lines))
 
 
-PARTS = ("throughput", "cw", "zoo-adam", "zoo-newton", "substitute", "art", "report")
+PARTS = (
+    "throughput", "cw", "zoo-adam", "zoo-newton", "substitute", "art", "square", "ablation",
+    "report",
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -571,6 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tp-images", type=int, default=8)
     parser.add_argument("--tp-steps", type=int, default=3)
     parser.add_argument("--tp-repeats", type=int, default=5)
+    parser.add_argument("--ablation-n", type=int, default=1, help="images for Table 3")
+    parser.add_argument("--ablation-steps", type=int, default=1000)
+    parser.add_argument("--ablation-c", type=float, default=10.0)
     parser.add_argument("--doc", default="docs/results/blackbox.md")
     return parser
 
@@ -595,6 +722,10 @@ def run_parts(args, results, model_name: str) -> None:
             run_substitute(args, results, model, cases, images, labels)
         elif part == "art":
             run_art(args, results, model, cases)
+        elif part == "square":
+            run_square(args, results, model, cases)
+        elif part == "ablation":
+            run_ablation(args, results, model, x, y)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,6 +78,34 @@ def test_uncompressed_idx_accepted(tmp_path):
     assert x[0, 0, 0, 1] == pytest.approx(1 / 255)
 
 
+@needs_data
+def test_cifar10_128_is_cifar10_upsampled_bilinearly_after_the_limit(shared):
+    """The stand-in for large inputs (ZOO's Table 3): the first images of CIFAR-10, each 4 x 4
+    block of the upsampled image interpolating the 32 x 32 pixels, in [0, 1]."""
+    small, labels = data.load_dataset("cifar10", "test", limit=5)
+    large, large_labels = data.load_dataset("cifar10-128", "test", limit=5)
+    assert small.shape == (5, 3, 32, 32) and large.shape == (5, 3, 128, 128)
+    assert torch.equal(labels, large_labels)
+    expected = nn.functional.interpolate(small, size=(128, 128), mode="bilinear")
+    assert torch.allclose(large, expected)
+    assert large.min() >= 0 and large.max() <= 1
+    # bilinear at scale 4 (align_corners=False): the mean of each 4 x 4 block is close to the pixel
+    blocks = nn.functional.avg_pool2d(large, 4)
+    assert (blocks - small)[..., 1:-1, 1:-1].abs().max() < 0.25
+
+
+def test_upsample_in_chunks_equals_one_interpolation():
+    x = torch.rand(7, 2, 5, 5, generator=torch.Generator().manual_seed(0))
+    whole = nn.functional.interpolate(x, size=(12, 12), mode="bilinear", align_corners=False)
+    assert torch.allclose(data.upsample(x, 12, chunk=3), whole.clamp(0, 1))
+
+
+@pytest.mark.parametrize("limit", [0, -3, 2.5, True])
+def test_load_dataset_rejects_a_bad_limit(limit):
+    with pytest.raises(ValueError, match="limit"):
+        data.load_dataset("mnist", "test", limit=limit)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="split"):
         data.load_mnist("val")

@@ -349,3 +349,37 @@ def test_runner_reports_queries_per_sample_next_to_gradients():
     assert result.summary["backwards_per_sample"] == 0.0
     white = run_attack(model, x, y, "fgm", hyperparameters={"eps": 0.1}, progress=False)
     assert white.summary["queries_per_sample"] == white.summary["forwards_per_sample"]
+
+
+def test_trace_reports_every_iteration_the_loss_and_the_first_success():
+    """``trace`` (thesis Table 3's "first valid" iteration): one call per iteration with the
+    centre's total loss, and ``found`` turns on exactly when the returned attack first succeeds;
+    the trace changes nothing."""
+    model, x, y = make_problem(n=1, d=16, k=3, seed=1)
+    targets = (y + 1) % 3
+    calls = []
+    settings = {"targeted": True, "coordinates": 16, "steps": 60, "binary_search_steps": 1}
+    settings |= {"c_init": 10.0, "lr": 0.02, "abort_early": False}
+
+    def trace(round_, iteration, rows, loss, found):
+        calls.append((round_, iteration, rows.tolist(), float(loss[0]), bool(found[0])))
+
+    adv = zoo(
+        model, x, targets, generator=torch.Generator().manual_seed(0), trace=trace, **settings
+    )
+    plain = zoo(model, x, targets, generator=torch.Generator().manual_seed(0), **settings)
+    assert torch.equal(adv, plain)
+    assert [c[1] for c in calls] == list(range(60)) and all(c[2] == [0] for c in calls)
+    found = [c[4] for c in calls]
+    assert found[-1] and not found[0]
+    first = found.index(True)
+    assert all(found[first:])  # it stays found within the round
+    assert calls[0][3] > calls[-1][3]  # the loss fell
+    with torch.no_grad():
+        assert model(adv).argmax(1).item() == targets.item()
+
+
+def test_zoo_rejects_a_trace_that_is_not_callable():
+    model, x, y = make_problem(n=1)
+    with pytest.raises(TypeError, match="trace"):
+        zoo(model, x, y, steps=2, trace=3)

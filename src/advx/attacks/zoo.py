@@ -15,6 +15,7 @@ coordinates or samples. Random coordinates come from per-sample counter-based st
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -417,11 +418,14 @@ def _iterate(problem, state, rows, const, counter, best, found):
     return torch.cat(losses)
 
 
-def _optimise_const(problem: _Problem, const: Tensor, best: _Best, alive: Tensor, step: int):
+def _optimise_const(
+    problem: _Problem, const: Tensor, best: _Best, alive: Tensor, step: int, trace=None
+):
     """Coordinate descent for one constant per sample (the inner loop of C&W with Algorithm 2
     or 3), from y = 0. Each sample stops on its own: when its loss has not decreased by 0.01%
     over steps // 10 iterations (``abort_early``), or when its budget cannot pay for another
-    iteration. Returns whether each sample found a successful iterate."""
+    iteration. Calls ``trace`` after every iteration (see ``zoo``). Returns whether each sample
+    found a successful iterate."""
     s = problem.settings
     n = problem.inputs.shape[0]
     state = _CoordinateState(n, s.start_size, problem.inputs)
@@ -442,6 +446,8 @@ def _optimise_const(problem: _Problem, const: Tensor, best: _Best, alive: Tensor
         rows = active.nonzero().squeeze(1)
         counter = step * (s.steps + 1) + iteration
         loss = _iterate(problem, state, rows, const, counter, best, found)
+        if trace is not None:
+            trace(step, iteration, rows, loss.detach().clone(), found.clone())
         if s.abort_early and iteration % check_every == 0:
             stalled = loss > previous[rows] * 0.9999
             active[rows[stalled]] = False
@@ -485,6 +491,7 @@ def zoo(
     importance_sampling: bool = False,
     reset_adam: bool = True,
     generator: torch.Generator | None = None,
+    trace: Callable[[int, int, Tensor, Tensor, Tensor], None] | None = None,
 ) -> Tensor:
     """ZOO-Adam / ZOO-Newton black-box L2 attack (thesis ch. 3, Algorithms 2 and 3; Chen et al.,
     AISec 2017).
@@ -530,6 +537,10 @@ def zoo(
         reset_adam: reset a sample's Adam state at its first success in a round.
         generator: the random source (coordinates); each sample's stream is keyed by one draw
             from it and the sample's own bytes and label, so batch and per-sample runs agree.
+        trace: called after every iteration as ``trace(round, iteration, rows, loss, found)``:
+            the indices of the samples still optimising, their total loss
+            ||x - x0||^2 + c f(x) at the iterate the step started from, and whether each sample
+            has a successful iterate in this round (the first valid iteration of thesis Table 3).
 
     Returns:
         The lowest-L2 successful iterate per sample (margin ``confidence``), or the input where
@@ -561,6 +572,8 @@ def zoo(
         )
     if not callable(model):
         raise TypeError("model must be an nn.Module, a callable or a QueryModel")
+    if trace is not None and not callable(trace):
+        raise TypeError(f"trace must be a callable or None, got {type(trace).__name__}")
     query = as_query_model(model)
     inputs = inputs.detach()
     with attack_mode(query.model):
@@ -576,7 +589,7 @@ def zoo(
         for step in range(binary_search_steps):
             if not bool(alive.any()):
                 break
-            found = _optimise_const(problem, const, best, alive, step)
+            found = _optimise_const(problem, const, best, alive, step, trace)
             const = binary_search_step(const, lower, upper, found)
     return best.adv.detach()
 

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 __all__ = [
     "CifarAlexLike",
     "CifarCNN",
+    "CifarLargeCNN",
     "CifarMLP",
     "MnistCNN",
     "MnistFCNN",
@@ -78,6 +79,33 @@ class CifarCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits for a batch (N, 3, 32, 32) in [0, 1]."""
+        return self.classifier(self.features(x))
+
+
+class CifarLargeCNN(nn.Module):
+    """A CNN for 128 x 128 inputs (CIFAR-10 upsampled, ``cifar10-128``), the stand-in for an
+    ImageNet model in ZOO's attack-space ablation (thesis Table 3): a learned 4 x 4 stride-4
+    patch convolution (32 channels) to 32 x 32, two conv3x3 layers of stride 2 (64, 128
+    channels, padding 1) to 8 x 8, fc256-fc10, ReLU. No fixed downsampling layer, so every input
+    pixel reaches the logits through learned weights; cheap enough for ZOO's 257 queries per
+    iteration on a CPU."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 32, 4, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1),
+            nn.ReLU(),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(128 * 8 * 8, 256), nn.ReLU(), nn.Linear(256, num_classes)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits for a batch (N, 3, 128, 128) in [0, 1]."""
         return self.classifier(self.features(x))
 
 

@@ -341,10 +341,8 @@ def _train(
     architecture=None,
     select=None,
 ) -> tuple[nn.Module, dict]:
-    x_train, y_train = load_dataset(spec.dataset, "train", data_dir)
+    x_train, y_train = load_dataset(spec.dataset, "train", data_dir, limit=max_samples)
     x_test, y_test = load_dataset(spec.dataset, "test", data_dir)
-    if max_samples is not None:
-        x_train, y_train = x_train[:max_samples], y_train[:max_samples]
     torch.manual_seed(seed)
     model = spec.build().to(device)
     if init_from is not None:
