@@ -141,6 +141,35 @@ def test_blackbox_report_reads_stored_rows(scripts, tmp_path, capsys, out):
     assert "mean L2 1.6500 vs 1.5000 (+10.0%)" in text
 
 
+def test_blackbox_report_shows_square_targeted_zoo_and_the_ablation(scripts, tmp_path):
+    rows = _blackbox_rows()
+    for image, ok in ((0, True), (1, False)):
+        rows.append({"key": f"mnist-cnn|Square (torchattacks)|u{image}", "success": ok})
+        rows[-1] |= {"l2": 1.4, "linf": 0.3, "seconds": 1.0, "queries": 10.0 * (image + 1)}
+        rows[-1]["eps"] = 1.5
+    for target, ok in ((1, True), (2, False)):
+        rows.append({"key": f"mnist-cnn|ZOO-Adam|t0-{target}", "success": ok, "l2": 2.0})
+        rows[-1] |= {"linf": 0.5, "seconds": 3.0, "queries": 500.0}
+    for variant, ok in (("All techniques", True), ("No hierarchical attack", False)):
+        rows.append({"key": f"cifar-cnn-128|ablation|{variant}|0|100|10", "part": "ablation"})
+        rows[-1] |= {"variant": variant, "image": 0, "target": 3, "success": ok, "l2": 0.75}
+        rows[-1] |= {"first_valid": 40 if ok else None, "final_loss": 1.5 if ok else 9.0}
+        rows[-1] |= {"queries": 25700.0, "seconds": 60.0, "settings": "{'steps': 100}"}
+    _write_rows(tmp_path / "bb.jsonl", rows)
+    doc = tmp_path / "blackbox.md"
+    scripts("blackbox").main(
+        ["--parts", "report", "--out", str(tmp_path / "bb.jsonl"), "--doc", str(doc)]
+    )
+    text = doc.read_text()
+    assert "fooled 1 of 2, median 15 queries" in text and "mean L2 1.4000." in text
+    assert "- ZOO-Adam targeted success >= 97%: 50.0% on 2 image-target pairs: FAILS." in text
+    assert "| All techniques | 0 | yes | 40 | 0.75 | 1.5 | 2.57e+04 | 60 |" in text
+    assert (
+        "| No hierarchical attack | 0 | no | - | - | 9 | 2.57e+04 | 60 | no / - / - / 62.44 |"
+        in text
+    )
+
+
 def _linear_region_report(scripts, tmp_path, rows) -> str:
     """The linear-region report's page from ``rows`` stored in a fresh jsonl."""
     _write_rows(tmp_path / "lr.jsonl", rows)
