@@ -345,7 +345,7 @@ def ablation_settings(args) -> dict:
     """ZOO-Adam as in thesis Sec. 3.3.3's hard targeted attack, scaled to ``--ablation-steps``
     iterations: attack space 32 x 32 x 3, grown to 64 at 10% and 128 at 50% of the iterations
     (the thesis: 2,000 and 10,000 of 20,000), importance sampling, Adam reset, one constant c
-    (``--ablation-c``, no binary search), no early abort."""
+    (``--ablation-c``, no binary search), step size ``--ablation-lr``, no early abort."""
     steps = args.ablation_steps
     return {
         "solver": "adam",
@@ -353,6 +353,7 @@ def ablation_settings(args) -> dict:
         "steps": steps,
         "binary_search_steps": 1,
         "c_init": args.ablation_c,
+        "lr": args.ablation_lr,
         "abort_early": False,
         "attack_size": 32,
         "hierarchy": ((steps // 10, 64), (steps // 2, 128)),
@@ -385,6 +386,7 @@ def run_ablation(args, results, model, x, y):
     for i in range(min(args.ablation_n, x.shape[0])):
         for variant, change in ABLATION.items():
             key = f"{args.model}|ablation|{variant}|{i}|{args.ablation_steps}|{args.ablation_c:g}"
+            key += f"|{args.ablation_lr:g}"
             if key in results:
                 continue
             trace = _Trace()
@@ -715,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ablation-n", type=int, default=1, help="images for Table 3")
     parser.add_argument("--ablation-steps", type=int, default=1000)
     parser.add_argument("--ablation-c", type=float, default=10.0)
+    parser.add_argument("--ablation-lr", type=float, default=0.02)
     parser.add_argument("--doc", default="docs/results/blackbox.md")
     parser.add_argument("--notes", default="benchmarks/blackbox_notes.md", help="appended")
     return parser

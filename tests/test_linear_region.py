@@ -18,6 +18,7 @@ from advx.attacks.linear_region import (
     solve_l1,
     solve_l2,
     solve_linf,
+    solvers,
 )
 from advx.verify import minimal_perturbation
 
@@ -203,6 +204,40 @@ def test_region_qp_matches_slsqp(seed):
     assert ref.success
     assert np.linalg.norm(z - x) == pytest.approx(np.linalg.norm(ref.x - x), rel=1e-6, abs=1e-7)
     assert np.all(matrix @ z + offset >= -1e-7)
+
+
+def _image_like_instance(seed, d=120, m=12):
+    """x with most pixels black or white (an MNIST digit) and a decision halfspace pushing every
+    pixel both ways: many bounds are active at the optimum."""
+    rng = np.random.default_rng(seed)
+    x = rng.choice([0.0, 1.0, 0.5], size=d, p=[0.6, 0.25, 0.15])
+    x[x == 0.5] = rng.uniform(0.05, 0.95, int((x == 0.5).sum()))
+    matrix = rng.normal(size=(m, d))
+    offset = -(matrix @ x) + rng.uniform(0.05, 1.0, m)  # x satisfies the region's halfspaces
+    offset[0] = -(matrix[0] @ x) - 2.0  # and violates the decision halfspace
+    return x, matrix, offset
+
+
+@pytest.mark.parametrize("solver", ["daqp", "proxqp", "piqp", "clarabel"])
+@pytest.mark.parametrize("seed", range(4))
+def test_box_presolve_equals_the_full_qp_with_many_active_bounds(seed, solver, monkeypatch):
+    """_solve_qp's guessed-and-verified active bounds give the full QP's optimum (solved by the
+    same solver with the box as bounds), with many bounds active, and a guess that is wrong
+    (every pixel fixed at 0 to start) is corrected."""
+    pytest.importorskip({"proxqp": "proxsuite"}.get(solver, solver))
+    x, matrix, offset = _image_like_instance(seed)
+    full, _ = solvers._qp(x, matrix, offset, solver, box=True)
+    presolved = solvers._solve_qp(x, matrix, offset, solver)
+    assert full is not None and presolved is not None
+    active = (presolved <= 1e-9) | (presolved >= 1 - 1e-9)
+    assert active.sum() >= 20  # the case the presolve is for
+    assert np.linalg.norm(presolved - x) == pytest.approx(np.linalg.norm(full - x), rel=1e-6)
+    assert np.all(matrix @ presolved + offset >= -1e-6)
+    assert presolved.min() >= -1e-8 and presolved.max() <= 1 + 1e-8  # interior-point solvers
+    wrong = (np.ones_like(x, dtype=bool), np.zeros_like(x, dtype=bool))
+    monkeypatch.setattr(solvers, "_box_guess", lambda *args: wrong)
+    corrected = solvers._solve_qp(x, matrix, offset, solver)
+    assert np.linalg.norm(corrected - x) == pytest.approx(np.linalg.norm(full - x), rel=1e-6)
 
 
 def _region_like_instance(seed, d=60, m=300):

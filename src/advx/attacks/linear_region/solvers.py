@@ -18,6 +18,12 @@ DEFAULT_QP_SOLVER = "daqp"
 ROWS_PER_ROUND = 15
 """Constraint generation adds at most this many of the most violated halfspaces per round
 (chosen by measurement, see the README's linear-region section)."""
+BOX_ROUNDS = 10
+"""Rounds of the box presolve of ``_solve_qp`` (guess the active bounds, verify, free the wrong
+ones) before the full QP is solved instead."""
+BOX_TOLERANCE = 1e-9
+"""A pixel fixed at a bound stays fixed while the unconstrained optimum given the halfspaces'
+multipliers lies beyond the bound by more than -BOX_TOLERANCE."""
 FEASIBILITY_TOLERANCE = 1e-6
 """A solution violating a halfspace by more than this (relative to the row's scale) or the box by
 more than 1e-9 is rejected as not solved."""
@@ -34,26 +40,70 @@ def _feasible(z: np.ndarray, matrix: np.ndarray, offset: np.ndarray) -> bool:
 
 def _solve_qp(x: np.ndarray, matrix: np.ndarray, offset: np.ndarray, solver: str):
     """min 1/2 z'z - x'z s.t. matrix z + offset >= 0, 0 <= z <= 1 with ``solver``; the solver's
-    point (unchecked) or None."""
+    point (unchecked) or None.
+
+    The box is presolved by guessing its active set and verifying the guess (exact; our
+    addition): an image's region QP has hundreds of active bounds (its black or white pixels
+    pushed outwards), and DAQP's active-set method spends an iteration on each (319 iterations
+    and 31 ms on an mnist-n2 region, against 5 iterations without the box). So the pixels whose
+    unconstrained optimum leaves [0, 1] are fixed at the bound (``_box_guess``), the QP is solved
+    in the others with their box, and the fixed pixels are checked against the multipliers of
+    the halfspaces: a pixel fixed at 0 (1) is optimal iff x + matrix' lambda <= 0 (>= 1) there.
+    Pixels that fail are freed and the QP solved again; after ``BOX_ROUNDS`` rounds, or when a
+    reduced QP fails, the full QP is solved instead."""
+    guess = _box_guess(x, matrix, offset, solver)
+    if guess is not None:
+        low, high = guess
+        for _ in range(BOX_ROUNDS):
+            free = ~(low | high)
+            if not free.any():
+                break
+            z = np.where(high, 1.0, 0.0)
+            reduced_offset = offset + matrix[:, ~free] @ z[~free]
+            point, duals = _qp(x[free], matrix[:, free], reduced_offset, solver, box=True)
+            if point is None or duals is None:
+                break
+            z[free] = point
+            unconstrained = x + matrix.T @ duals
+            inside = free & (z > BOX_TOLERANCE) & (z < 1.0 - BOX_TOLERANCE)
+            if np.abs(z - unconstrained)[inside].max(initial=0.0) > 1e-6:
+                break  # multipliers not as qpsolvers documents them: trust only the full QP
+            wrong_low = low & (unconstrained > BOX_TOLERANCE)
+            wrong_high = high & (unconstrained < 1.0 - BOX_TOLERANCE)
+            if not (wrong_low.any() or wrong_high.any()):
+                return z
+            low, high = low & ~wrong_low, high & ~wrong_high
+    return _qp(x, matrix, offset, solver, box=True)[0]
+
+
+def _box_guess(x, matrix, offset, solver) -> tuple[np.ndarray, np.ndarray] | None:
+    """The pixels below 0 and above 1 at the optimum without the box (lower, upper masks), or
+    None when that QP fails."""
+    _, duals = _qp(x, matrix, offset, solver, box=False)
+    if duals is None:
+        return None
+    unconstrained = x + matrix.T @ duals
+    return unconstrained < 0.0, unconstrained > 1.0
+
+
+def _qp(x, matrix, offset, solver: str, *, box: bool):
+    """min 1/2 z'z - x'z s.t. matrix z + offset >= 0 (and 0 <= z <= 1 with ``box``) through
+    ``qpsolvers``: (point, multipliers of the halfspaces), (None, None) on failure."""
     import qpsolvers
 
     d = x.shape[0]
     dense = solver in ("proxqp", "daqp")
     hessian = np.eye(d) if dense else sp.identity(d, format="csc")
     constraints = -matrix if dense else sp.csc_matrix(-matrix)
+    bounds = {"lb": np.zeros(d), "ub": np.ones(d)} if box else {}
+    problem = qpsolvers.Problem(hessian, -x, constraints, offset, **bounds)
     try:
-        return qpsolvers.solve_qp(
-            hessian,
-            -x,
-            constraints,
-            offset,
-            lb=np.zeros(d),
-            ub=np.ones(d),
-            solver=solver,
-            **_qp_options(solver),
-        )
+        solution = qpsolvers.solve_problem(problem, solver=solver, **_qp_options(solver))
     except Exception:  # solver failures (numerical errors) count as not solved
-        return None
+        return None, None
+    if not solution.found or solution.x is None:
+        return None, None
+    return solution.x, solution.z
 
 
 def solve_l2(
