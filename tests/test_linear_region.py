@@ -240,6 +240,15 @@ def test_box_presolve_equals_the_full_qp_with_many_active_bounds(seed, solver, m
     assert np.linalg.norm(corrected - x) == pytest.approx(np.linalg.norm(full - x), rel=1e-6)
 
 
+@pytest.mark.parametrize("solver", ["daqp", "proxqp"])
+def test_the_cached_hessian_is_left_unchanged_by_the_dense_solvers(solver):
+    pytest.importorskip({"proxqp": "proxsuite"}.get(solver, solver))
+    x, matrix, offset = _image_like_instance(0, d=37)
+    for _ in range(2):
+        assert solvers._solve_qp(x, matrix, offset, solver) is not None
+    assert np.array_equal(solvers._identity(37), np.eye(37))
+
+
 def _region_like_instance(seed, d=60, m=300):
     """A decision halfspace that x violates and ``m`` region halfspaces that x satisfies, few of
     them active at the optimum (the shape of a wide ReLU layer's region problem)."""
