@@ -359,3 +359,33 @@ def test_ead_report_shows_a_run_in_progress_from_its_store(scripts, tmp_path):
     # the average case over the first 18 pairs: mean L1 of 1..18
     assert "| EAD (L1 rule) | 100.0 | 9.50 | 1.000 | 0.500 | 0.50 |" in text
     assert norm == 1.0
+
+
+def test_blackbox_ablation_runs_table_3_on_a_small_model(scripts, tmp_path, monkeypatch):
+    """The ablation part on a tiny model with 16 x 16 inputs (the attack space 4 -> 8 -> 16
+    instead of 32 -> 64 -> 128): each variant stores success, first valid iteration, final loss
+    and its exact queries, and a rerun skips the stored rows."""
+    blackbox = scripts("blackbox")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4)).eval()
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    args = blackbox.build_parser().parse_args(["--ablation-steps", "20", "--ablation-c", "50"])
+    args.model = "tiny"
+    settings = blackbox.ablation_settings(args)
+    assert settings["hierarchy"] == ((2, 64), (10, 128)) and settings["attack_size"] == 32
+    small = settings | {"attack_size": 4, "hierarchy": ((2, 8), (10, 16))}
+    monkeypatch.setattr(blackbox, "ablation_settings", lambda _args: small)
+    results = scripts("_results").Results(tmp_path / "rows.jsonl")
+    blackbox.run_ablation(args, results, model, x, torch.zeros(1, dtype=torch.long))
+    rows = {r["variant"]: r for r in results.values()}
+    assert set(rows) == set(blackbox.ABLATION)
+    # 2 iterations on 4 x 4 x 3 = 48 coordinates, then 128 per iteration; plus the clean query
+    hierarchical = 1 + 2 * (2 * 48 + 1) + 18 * (2 * 128 + 1)
+    for row in rows.values():
+        full_size = row["variant"] == "No hierarchical attack"
+        assert row["queries"] == (1 + 20 * (2 * 128 + 1) if full_size else hierarchical)
+        assert row["first_valid"] is None or 1 <= row["first_valid"] <= 20
+        assert row["success"] == (row["first_valid"] is not None)
+    before = len(list(results.values()))
+    blackbox.run_ablation(args, results, model, x, torch.zeros(1, dtype=torch.long))
+    assert len(list(results.values())) == before
