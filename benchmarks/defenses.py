@@ -684,13 +684,12 @@ def _figure7(rows: list[dict], path: Path) -> Path | None:
             for m in models
         ]  # fmt: skip
         ax.bar([i + (k - 0.5) * width for i in range(len(models))], values, width, label=method)
-    labels = [
-        "no distillation" if m == "mnist-cnn" else "T = " + m.rsplit("-t", 1)[1] for m in models
-    ]
+    labels = ["none" if m == "mnist-cnn" else m.rsplit("-t", 1)[1] for m in models]
     ax.set_xticks(range(len(models)), labels)
+    ax.set_xlabel("distillation temperature T")
     ax.set_ylabel("average-case ASR (%)")
-    ax.set_ylim(0, 105)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, 118)
+    ax.legend(fontsize=8, ncols=2, loc="upper center")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
