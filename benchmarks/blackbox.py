@@ -602,7 +602,7 @@ def report(args, results):
         f"B = 128, h = 1e-4, lr {args.zoo_lr} (Newton {args.newton_lr}), c from "
         f"{args.zoo_c_init}, box clip, early abort; white-box C&W {args.cw_search} x "
         f"{args.cw_steps}, c from 0.01; substitute: {args.holdout} hold-out images, "
-        f"{args.rounds} rounds, lambda 0.1, 10 epochs per round; transfer FGSM eps 0.4 (Linf), "
+        f"{_substitute_rounds(results, args)} rounds, lambda 0.1, 10 epochs per round; transfer FGSM eps 0.4 (Linf), "
         f"C&W kappa 20, {args.cw_search} x {args.sub_cw_steps}. "
         "Success is re-checked on the oracle; mean L2 over successes. "
         "Seconds and queries are per attack (one image, or one image-target pair).",
@@ -643,12 +643,14 @@ def report(args, results):
                 "",
             ]
         pairs = []
-        for row in ("ZOO-Adam", "ZOO-Newton"):
-            p = _paired_l2(results, model_name, row, "white-box C&W", False)
+        for row, targeted in (("ZOO-Adam", False), ("ZOO-Newton", False), ("ZOO-Adam", True)):
+            p = _paired_l2(results, model_name, row, "white-box C&W", targeted)
             if p:
+                what = "image-target pairs" if targeted else "images"
                 pairs.append(
-                    f"- {row} vs white-box C&W, untargeted, on the {p[0]} images both fooled: "
-                    f"mean L2 {p[1]:.4f} vs {p[2]:.4f} ({100 * (p[1] / p[2] - 1):+.1f}%)."
+                    f"- {row} vs white-box C&W, {'targeted' if targeted else 'untargeted'}, on "
+                    f"the {p[0]} {what} both fooled: mean L2 {p[1]:.4f} vs {p[2]:.4f} "
+                    f"({100 * (p[1] / p[2] - 1):+.1f}%)."
                 )
         square = _square_line(results, model_name)
         if square:
