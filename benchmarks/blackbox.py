@@ -427,18 +427,21 @@ def run_square(args, results, model, cases):
     eps = statistics.median(r["l2"] for r in cw)
     counted = _CountingModule(model)
     untargeted = [c for c in cases if not c[3]][: args.zoo_n]
+    budget = args.square_queries or zoo_query_budget(args)
+    name = (
+        PEER_ROWS[1] if args.square_queries is None else f"{PEER_ROWS[1][:-1]}, {budget} queries)"
+    )
     for case, x, label, _, _ in untargeted:
-        key = f"{args.model}|Square (torchattacks)|{case}"
+        key = f"{args.model}|{name}|{case}"
         if key in results:
             continue
-        attack = torchattacks.Square(
-            counted, norm="L2", eps=eps, n_queries=zoo_query_budget(args), seed=0
-        )
+        attack = torchattacks.Square(counted, norm="L2", eps=eps, n_queries=budget, seed=0)
         counted.queries = 0
         start = time.perf_counter()
         adv = attack(x[None], label[None])[0].detach()
         seconds = time.perf_counter() - start
-        record(results, key, model, x, adv, label, False, seconds, counted.queries, eps=eps)
+        extra = {"eps": eps, "budget": args.square_queries}
+        record(results, key, model, x, adv, label, False, seconds, counted.queries, **extra)
 
 
 # ------------------------------------------------------------------------------- report
@@ -546,19 +549,29 @@ def _targets(results, model_name):
     return lines
 
 
-def _square_line(results, model_name) -> str | None:
-    rows = _rows(results, model_name, "Square (torchattacks)", False)
-    if not rows:
-        return None
-    ok = [r for r in rows if r["success"]]
-    queries = statistics.median(r["queries"] for r in rows)
-    line = (
-        f"- Square Attack (torchattacks, L2) at eps {rows[0]['eps']:.4f} (the median L2 of advx's "
-        f"white-box C&W here), ZOO's budget of queries per image: fooled {len(ok)} of "
-        f"{len(rows)}, median {queries:.4g} queries and "
-        f"{statistics.median(r['seconds'] for r in rows):.3g} s per image"
-    )
-    return line + (f", mean L2 {statistics.mean(r['l2'] for r in ok):.4f}." if ok else ".")
+def _square_rows(results, model_name) -> list[str]:
+    """The Square rows stored for ``model_name``: ZOO's budget, and any ``--square-queries``."""
+    names = {k.split("|")[1] for k in results if k.startswith(f"{model_name}|Square")}
+    return sorted(names, key=len)
+
+
+def _square_lines(results, model_name) -> list[str]:
+    lines = []
+    for name in _square_rows(results, model_name):
+        rows = _rows(results, model_name, name, False)
+        ok = [r for r in rows if r["success"]]
+        budget = rows[0].get("budget")
+        allowed = f"a budget of {budget}" if budget else "ZOO's budget of"
+        line = (
+            f"- {name}, L2, at eps {rows[0]['eps']:.4f} (the median L2 of advx's white-box C&W "
+            f"here), {allowed} queries per image: fooled {len(ok)} of "
+            f"{len(rows)}, median {statistics.median(r['queries'] for r in rows):.4g} queries "
+            f"and {statistics.median(r['seconds'] for r in rows):.3g} s per image"
+        )
+        lines.append(
+            line + (f", mean L2 {statistics.mean(r['l2'] for r in ok):.4f}." if ok else ".")
+        )
+    return lines
 
 
 def _ablation_lines(results) -> list[str]:
@@ -620,7 +633,7 @@ def report(args, results):
         )
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
         for targeted in (False, True):
-            for row in (*ROWS, *PEER_ROWS):
+            for row in (*ROWS, *PEER_ROWS[:1], *_square_rows(results, model_name)):
                 s = _summary(_rows(results, model_name, row, targeted))
                 if s is None:
                     continue
@@ -652,9 +665,7 @@ def report(args, results):
                     f"the {p[0]} {what} both fooled: mean L2 {p[1]:.4f} vs {p[2]:.4f} "
                     f"({100 * (p[1] / p[2] - 1):+.1f}%)."
                 )
-        square = _square_line(results, model_name)
-        if square:
-            pairs.append(square)
+        pairs += _square_lines(results, model_name)
         side = _side_by_side(results, model_name)
         if side:
             pairs.append(
@@ -716,6 +727,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tp-images", type=int, default=8)
     parser.add_argument("--tp-steps", type=int, default=3)
     parser.add_argument("--tp-repeats", type=int, default=5)
+    parser.add_argument(
+        "--square-queries", type=int, default=None, help="square: a budget other than ZOO's"
+    )
     parser.add_argument("--ablation-n", type=int, default=1, help="images for Table 3")
     parser.add_argument("--ablation-steps", type=int, default=1000)
     parser.add_argument("--ablation-c", type=float, default=10.0)
