@@ -289,7 +289,7 @@ def run_art(args, results, model, cases):
     from art.attacks.evasion import ZooAttack  # noqa: PLC0415
     from art.estimators.classification import PyTorchClassifier  # noqa: PLC0415
 
-    counted = _CountingModule(model)
+    counted = _CountingModule(model).eval()
     shape = tuple(cases[0][1].shape)
     classifier = PyTorchClassifier(
         counted,
@@ -425,7 +425,9 @@ def run_square(args, results, model, cases):
     if not cw:
         raise SystemExit("--parts square: run the cw part first (eps is C&W's median L2)")
     eps = statistics.median(r["l2"] for r in cw)
-    counted = _CountingModule(model)
+    # in eval mode: torchattacks puts the model back in the mode it found it in, and a fresh
+    # wrapper is in training mode (dropout would then make the re-check below random)
+    counted = _CountingModule(model).eval()
     untargeted = [c for c in cases if not c[3]][: args.zoo_n]
     budget = args.square_queries or zoo_query_budget(args)
     name = (
@@ -440,6 +442,7 @@ def run_square(args, results, model, cases):
         start = time.perf_counter()
         adv = attack(x[None], label[None])[0].detach()
         seconds = time.perf_counter() - start
+        assert not model.training, "the re-check needs the model in eval mode"
         extra = {"eps": eps, "budget": args.square_queries}
         record(results, key, model, x, adv, label, False, seconds, counted.queries, **extra)
 
