@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from torch import nn
@@ -174,17 +174,13 @@ register(
 # weights exist here, so a CNN is trained on CIFAR-10 upsampled to 128 x 128 (all 50,000
 # training images take 9.8 GB at this size: `advx train cifar-cnn-128 --max-samples 20000`).
 register(
-    ModelSpec(
+    replace(
+        get_spec("cifar-cnn"),  # its recipe, 6 epochs
         name="cifar-cnn-128",
         dataset="cifar10-128",
         builder=CifarLargeCNN,
         epochs=6,
-        batch_size=128,
-        optimizer="adam",
-        lr=2e-3,
-        weight_decay=0.05,
-        schedule="onecycle",
-        augment=True,
+        channels_last=False,
         expected_accuracy=0.5,
         description="CNN for CIFAR-10 upsampled to 128x128 (patch conv, 2 stride-2 convs, fc256)",
     )
