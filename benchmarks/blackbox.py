@@ -86,6 +86,7 @@ THESIS = {
 }
 ROWS = ("white-box C&W", "substitute + FGSM", "substitute + C&W", "ZOO-Adam", "ZOO-Newton")
 PEER_ROWS = ("ART ZooAttack", "Square (torchattacks)")  # run in the peers environment
+QUERIES_PER_ITERATION = 2 * 128 + 1  # ZOO with B = 128: symmetric differences and the centre
 
 
 def attack_cases(x, y, index, n_targeted: int):
@@ -237,7 +238,7 @@ def run_throughput(args, results, model, x, y):
     if key in results:
         return
     n = min(args.tp_images, x.shape[0])
-    rows = n * (2 * 128 + 1)
+    rows = n * QUERIES_PER_ITERATION
     batch = torch.rand(rows, *x.shape[1:], generator=torch.Generator().manual_seed(0))
     zoo_rates, raw_rates = [], []
     with torch.no_grad():
@@ -412,7 +413,7 @@ def run_ablation(args, results, model, x, y):
 
 def zoo_query_budget(args) -> int:
     """The most queries one ZOO attack may spend: 2 B + 1 per iteration (B = 128)."""
-    return args.zoo_search * args.zoo_steps * (2 * 128 + 1)
+    return args.zoo_search * args.zoo_steps * QUERIES_PER_ITERATION
 
 
 def run_square(args, results, model, cases):
@@ -684,7 +685,7 @@ def report(args, results):
             pairs.append(
                 f"- Query throughput: ZOO {r['zoo_median']:.0f} queries/s vs raw no-grad "
                 f"forward {r['raw_median']:.0f} images/s at batch {r['batch']} "
-                f"({r['images']} images x 257 probes): {100 * r['ratio']:.0f}% "
+                f"({r['images']} images x {QUERIES_PER_ITERATION} probes): {100 * r['ratio']:.0f}% "
                 f"(medians of {len(r['raw'])} interleaved repeats; per-repeat ratios "
                 f"{', '.join(f'{z / w:.2f}' for z, w in zip(r['zoo'], r['raw']))}, while the "
                 "machine's load changed)."
